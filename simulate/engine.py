@@ -1,0 +1,284 @@
+"""The diffraction engine: scattering amplitudes and noise-free intensities, in torch (CPU or CUDA).
+
+Two ways to get the amplitude ``F(q) = sum_j w_j f_j(|q|) exp(2 pi i q . r_j)`` (electrons):
+
+* ``"direct"`` -- the exact direct sum over atoms, chunked; the reference the fast path is
+  checked against, and itself checked against skopi's numba direct sum.
+* ``"fast"`` -- ``F`` is computed once per structure on a cubic reciprocal-space grid with a
+  type-1 non-uniform FFT (finufft, exact to ``eps``), then every pattern is a trilinear
+  interpolation of that grid at the rotated pixel vectors (8 gathers per pixel, in torch),
+  the approach of skopi's own ``Experiment`` (its 151^3 volume), with an oversampling chosen
+  from the particle size so that the interpolation error stays below 1%.
+
+Several particles in one shot: their fields are summed coherently,
+``F_shot(q) = sum_p F(R_p^T q) exp(2 pi i q . t_p)``, with ``R_p`` the rotation of particle ``p``
+and ``t_p`` its position (angstrom), exactly as skopi's ``Experiment`` does.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import GeometryError
+from .form_factors import form_factor
+from .geometry import Geometry, check_sampling, intensity_scale, reciprocal_vectors
+from .rotations import quaternion_to_matrix
+from .structure import Structure
+
+#: Default grid oversampling: grid step ``1 / (oversampling * D)`` with ``D`` the particle
+#: diameter. 10 keeps the trilinear error of |F|^2 near 0.1-0.3% on real entries.
+DEFAULT_OVERSAMPLING = 10.0
+#: Refuse grids larger than this many voxels per side (memory: N^3 * 8 bytes).
+MAX_GRID_SIDE = 640
+
+
+def _elements(structure: Structure):
+    """Yield ``(element, positions (k,3) A, weights (k,))`` per element of the structure."""
+    for element in np.unique(structure.elements):
+        sel = structure.elements == element
+        yield str(element), structure.positions[sel], structure.weights[sel]
+
+
+def direct_amplitude(structure: Structure, q: torch.Tensor, *, chunk_atoms: int = 2048,
+                     chunk_q: int = 16384) -> torch.Tensor:
+    """Exact scattering amplitude by direct summation over atoms.
+
+    Parameters
+    ----------
+    structure : Structure
+        The particle (unrotated, at the origin).
+    q : Tensor, shape (M, 3), float64
+        Scattering vectors in 1/angstrom, on any device.
+
+    Returns
+    -------
+    Tensor, shape (M,), complex128
+        ``F(q)`` in electrons.
+    """
+    q = q.to(torch.float64)
+    device = q.device
+    qnorm = torch.linalg.vector_norm(q, dim=-1).cpu().numpy()
+    out = torch.zeros(q.shape[0], dtype=torch.complex128, device=device)
+    for element, pos, w in _elements(structure):
+        f = torch.as_tensor(form_factor(element, qnorm), device=device)
+        pos_t = torch.as_tensor(pos, device=device) * (2 * math.pi)
+        w_t = torch.as_tensor(w, device=device, dtype=torch.float64)
+        for q0 in range(0, q.shape[0], chunk_q):
+            qc = q[q0:q0 + chunk_q]
+            acc = torch.zeros(qc.shape[0], dtype=torch.complex128, device=device)
+            for a0 in range(0, pos_t.shape[0], chunk_atoms):
+                phase = qc @ pos_t[a0:a0 + chunk_atoms].T            # (m, k)
+                acc += torch.polar(w_t[a0:a0 + chunk_atoms].expand_as(phase), phase).sum(1)
+            out[q0:q0 + chunk_q] += f[q0:q0 + chunk_q] * acc
+    return out
+
+
+class ReciprocalVolume:
+    """``F(q)`` of one structure on a cubic grid, for fast slicing at any orientation.
+
+    Grid points are ``q = k * dq`` for integer ``k`` in ``[-K, K]`` per axis, with
+    ``dq = 1 / (oversampling * D)`` (``D`` = particle diameter) and ``K dq >= q_max``.
+
+    Parameters
+    ----------
+    structure : Structure
+    q_max : float
+        Largest ``|q|`` that will be sampled (1/angstrom), e.g. ``geometry.q_max(g)``.
+    oversampling : float
+        Grid points per speckle (``1/D``); the trilinear error falls as ``oversampling**-2``.
+    eps : float
+        Requested finufft precision.
+    device : str or torch.device
+        Where the grid lives; sampling runs there.
+    """
+
+    def __init__(self, structure: Structure, q_max: float, *,
+                 oversampling: float = DEFAULT_OVERSAMPLING, eps: float = 1e-7,
+                 device="cpu"):
+        import finufft  # lazy: only the simulator needs it
+
+        diameter = max(2.0 * structure.radius, 10.0)
+        dq = 1.0 / (oversampling * diameter)
+        half = int(math.ceil(q_max / dq)) + 2
+        side = 2 * half + 1
+        if side > MAX_GRID_SIDE:
+            raise GeometryError(
+                f"structure {structure.name!r}: diameter {diameter:.0f} A needs a {side}^3 "
+                f"reciprocal grid at oversampling {oversampling} (max {MAX_GRID_SIDE}); lower "
+                "the oversampling or the detector q-range")
+        self.structure_name = structure.name
+        self.dq, self.half, self.side = dq, half, side
+        k = np.arange(-half, half + 1) * dq
+        knorm = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+        # Form factors depend on |q| only: tabulate them finely along |q| and interpolate.
+        q_table = np.linspace(0.0, knorm.max() * 1.0001, 8192)
+        grid = np.zeros((side, side, side), dtype=np.complex128)
+        for element, pos, w in _elements(structure):
+            # exp(i k x) is 2 pi-periodic in x for integer k: folding the points is exact.
+            xyz = np.mod(2 * np.pi * dq * pos + np.pi, 2 * np.pi) - np.pi
+            partial = finufft.nufft3d1(*np.ascontiguousarray(xyz.T), w.astype(np.complex128),
+                                       n_modes=(side, side, side), eps=eps, isign=1)
+            partial *= np.interp(knorm, q_table, form_factor(element, q_table))
+            grid += partial
+        # Store as [z, y, x] complex64, flattened, so that a trilinear sample is 8 gathers of
+        # adjacent real/imaginary pairs.
+        vol = np.ascontiguousarray(grid.transpose(2, 1, 0), dtype=np.complex64)
+        self.volume = torch.as_tensor(vol, device=device).reshape(-1)
+
+    @property
+    def device(self):
+        return self.volume.device
+
+    def to(self, device) -> "ReciprocalVolume":
+        self.volume = self.volume.to(device)
+        return self
+
+    def sample(self, q: torch.Tensor) -> torch.Tensor:
+        """Trilinear interpolation of ``F`` at ``q``.
+
+        Parameters
+        ----------
+        q : Tensor, shape (..., 3)
+            Scattering vectors in the particle frame (1/angstrom); points outside the grid
+            are clamped to its edge (the grid covers the detector's q-range with margin).
+
+        Returns
+        -------
+        Tensor, shape (...), complex64
+        """
+        side = self.side
+        c = (q.to(torch.float32) / self.dq + self.half).clamp_(0, side - 1.001)
+        i0 = c.floor()
+        frac = c - i0
+        i0 = i0.long()
+        fx, fy, fz = frac.unbind(-1)
+        base = (i0[..., 2] * side + i0[..., 1]) * side + i0[..., 0]
+        out = None
+        for dz, wz in ((0, 1 - fz), (1, fz)):
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                b = base + (dz * side + dy) * side
+                term = (wz * wy) * ((1 - fx) * self.volume[b] + fx * self.volume[b + 1])
+                out = term if out is None else out + term
+        return out
+
+
+class PatternEngine:
+    """Noise-free diffraction intensities of one structure on one detector.
+
+    Holds the pixel q-vectors and skopi's intensity scale (fluence x r_e^2 x polarisation x
+    solid angle) on ``device``; ``method="fast"`` also holds a :class:`ReciprocalVolume`.
+
+    Parameters
+    ----------
+    structure : Structure
+    geometry : Geometry
+    method : {"fast", "direct"}
+    device : str or torch.device
+    oversampling : float
+        Grid oversampling of the fast method.
+    """
+
+    def __init__(self, structure: Structure, geometry: Geometry, *, method: str = "fast",
+                 device="cpu", oversampling: float = DEFAULT_OVERSAMPLING,
+                 max_beam_offset_px: float = 0.0):
+        if method not in ("fast", "direct"):
+            raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
+        check_sampling(geometry, 2 * structure.radius, where=f"structure {structure.name!r}")
+        self.structure, self.geometry, self.method = structure, geometry, method
+        self.device = torch.device(device)
+        self.q = torch.as_tensor(reciprocal_vectors(geometry), device=self.device)   # (H,W,3) f64
+        self.scale = torch.as_tensor(intensity_scale(geometry), device=self.device)  # (H,W) f64
+        self.volume = None
+        if method == "fast":
+            pad = max_beam_offset_px * 1.5
+            qmax = float(torch.linalg.vector_norm(self.q, dim=-1).max()) * (1 + pad / geometry.n_pixels)
+            self.volume = ReciprocalVolume(structure, qmax, oversampling=oversampling,
+                                           device=self.device)
+
+    def amplitude(self, q: torch.Tensor) -> torch.Tensor:
+        """``F`` of the unrotated particle at ``q`` (1/angstrom), shape (..., 3) -> complex (...)."""
+        if self.method == "fast":
+            return self.volume.sample(q)
+        return direct_amplitude(self.structure, q.reshape(-1, 3)).reshape(q.shape[:-1])
+
+    def shot_field(self, rotations: torch.Tensor, positions_angstrom: torch.Tensor | None = None,
+                   q: torch.Tensor | None = None) -> torch.Tensor:
+        """Coherent field of one shot with ``m`` particles.
+
+        Parameters
+        ----------
+        rotations : Tensor, shape (m, 3, 3)
+            Particle rotation matrices (``r' = R r``).
+        positions_angstrom : Tensor, shape (m, 3), optional
+            Particle centres (angstrom); default all at the origin.
+        q : Tensor, shape (H, W, 3), optional
+            Pixel q-vectors (default: this detector, no beam offset).
+
+        Returns
+        -------
+        Tensor, shape (H, W), complex
+        """
+        q = self.q if q is None else q
+        # float32 is ample to address the grid; the direct sum keeps float64.
+        qf = q.to(torch.float32 if self.method == "fast" else torch.float64)
+        # q in the particle frame: R^T q, i.e. q @ R for row vectors.
+        q_body = torch.einsum("hwi,mij->mhwj", qf, rotations.to(qf.dtype))
+        field = self.amplitude(q_body)                                 # (m, H, W)
+        if positions_angstrom is not None:
+            phase = 2 * math.pi * torch.einsum("hwi,mi->mhw", qf, positions_angstrom.to(qf.dtype))
+            field = field * torch.polar(torch.ones_like(phase), phase).to(field.dtype)
+        return field.sum(0)
+
+    def intensity(self, quaternions, positions_angstrom=None) -> torch.Tensor:
+        """Photons per pixel (noise-free) for ``n`` single-particle orientations.
+
+        Parameters
+        ----------
+        quaternions : array_like, shape (n, 4) or (n, m, 4)
+            Scalar-first quaternions; with a middle axis, ``m`` particles per shot.
+        positions_angstrom : array_like, shape (n, m, 3), optional
+            Particle centres per shot (only with ``m`` particles per shot).
+
+        Returns
+        -------
+        Tensor, shape (n, H, W), float64 for "direct", float32 for "fast"
+        """
+        quats = np.asarray(quaternions, dtype=np.float64)
+        if quats.ndim == 2:
+            quats = quats[:, None, :]
+        if quats.ndim != 3 or quats.shape[-1] != 4:
+            raise ValueError(f"quaternions must have shape (n, 4) or (n, m, 4), got {quats.shape}")
+        rots = torch.as_tensor(quaternion_to_matrix(quats), device=self.device)
+        pos = None if positions_angstrom is None else torch.as_tensor(
+            np.asarray(positions_angstrom, dtype=np.float64), device=self.device)
+        out = []
+        for i in range(quats.shape[0]):
+            field = self.shot_field(rots[i], None if pos is None else pos[i])
+            out.append(field.abs() ** 2 * self.scale.to(field.real.dtype))
+        return torch.stack(out)
+
+
+def diffraction_intensity(structure: Structure, quaternions, geometry: Geometry, *,
+                          method: str = "fast", device="cpu", **engine_kwargs) -> np.ndarray:
+    """Noise-free expected photons per pixel of a single particle in ``n`` orientations.
+
+    Parameters
+    ----------
+    structure : Structure
+    quaternions : array_like, shape (n, 4)
+        Scalar-first ``(w, x, y, z)`` quaternions rotating the particle (as skopi).
+    geometry : Geometry
+    method : {"fast", "direct"}
+        ``"direct"``: exact sum over atoms; ``"fast"``: interpolated reciprocal grid.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    ndarray, shape (n, H, W), float64
+        Photons per pixel (skopi's ``linear_correction * |F|^2``).
+    """
+    engine = PatternEngine(structure, geometry, method=method, device=device, **engine_kwargs)
+    return engine.intensity(quaternions).double().cpu().numpy()
