@@ -11,7 +11,8 @@ A shot is one of (see :data:`simulate.labels.HIT_CLASSES`):
   ellipsoidal, with an optional streak from a rod-like object).
 
 Noise, in order: fluence multiplier (shot-to-shot), optional beam-centre jitter, Poisson
-photon counting, additive Gaussian read noise (photons).
+photon counting, additive Gaussian read noise (photons). Masked pixels (gap, beam stop)
+read 0.
 """
 from __future__ import annotations
 
@@ -166,6 +167,7 @@ class ShotGenerator:
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator(device=engine.device).manual_seed(int(seed))
         self.mask = detector_mask(self.geometry)
+        self._dead = torch.as_tensor(self.mask != 0, device=engine.device)
 
     # ------------------------------------------------------------------ public
     def generate(self, n: int) -> ShotBatch:
@@ -194,7 +196,8 @@ class ShotGenerator:
                 expected = self._parasitic_intensity(q, scale)
             else:
                 expected = torch.zeros_like(scale)
-            frames[i] = self._add_noise(expected * float(fluence[i])).cpu().numpy()
+            frame = self._add_noise(expected * float(fluence[i]))
+            frames[i] = frame.masked_fill_(self._dead, 0.0).cpu().numpy()
         truth = {
             "hit_class": classes.astype(np.int8),
             "n_particles": n_part,

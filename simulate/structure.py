@@ -76,7 +76,9 @@ class Structure:
         if not np.all(np.isfinite(pos)):
             bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
             raise StructureError(f"{source}: non-finite coordinates at atom indices {bad[:10].tolist()}")
-        elems = np.array([normalise_element(e) for e in elements], dtype="U4")
+        raw = np.asarray(elements, dtype=str).reshape(-1)
+        uniq, inverse = np.unique(raw, return_inverse=True)   # normalise each symbol once
+        elems = np.array([normalise_element(e) for e in uniq], dtype="U4")[inverse]
         if elems.shape[0] != pos.shape[0]:
             raise StructureError(
                 f"{source}: {pos.shape[0]} positions but {elems.shape[0]} element symbols")
@@ -89,7 +91,8 @@ class Structure:
             raise StructureError(f"{source}: weights must be {pos.shape[0]} finite non-negative numbers")
         if center:
             from .form_factors import atomic_number
-            z = np.array([atomic_number(e) for e in elems]) * w
+            u, inv = np.unique(elems, return_inverse=True)
+            z = np.array([atomic_number(e) for e in u])[inv] * w
             pos = pos - (z[:, None] * pos).sum(0) / max(z.sum(), 1e-12)
         pos.setflags(write=False)
         elems.setflags(write=False)
@@ -106,9 +109,8 @@ class Structure:
     def n_electrons(self) -> float:
         """Total number of electrons, sum of Z times weight (forward-scattering amplitude)."""
         from .form_factors import atomic_number
-        z = np.array([atomic_number(e) for e in np.unique(self.elements)])
-        counts = {e: self.weights[self.elements == e].sum() for e in np.unique(self.elements)}
-        return float(sum(zz * counts[e] for zz, e in zip(z, np.unique(self.elements))))
+        u, inv = np.unique(self.elements, return_inverse=True)
+        return float(np.sum(np.array([atomic_number(e) for e in u])[inv] * self.weights))
 
     @property
     def radius(self) -> float:

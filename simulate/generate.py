@@ -1,0 +1,463 @@
+"""Dataset generation: simulate every structure of a source into one HDF5 shard each.
+
+:func:`generate_dataset` is the library side of ``python -m simulate``: it takes structure
+specs (:func:`simulate.sources.resolve_sources`), a :class:`~simulate.geometry.Geometry` and
+the shot settings, and writes ``<out_dir>/<structure name>.h5`` with
+:func:`simulate.dataset_io.write_shard` (atomic: a file under its final name is complete).
+
+Resuming and sharding
+---------------------
+* A structure whose shard is already complete (:func:`~simulate.dataset_io.shard_is_complete`)
+  is skipped, so re-running an interrupted command finishes the job without duplicates.
+* Structure ``i`` (in spec order) belongs to job ``i % num_shards``; jobs with different
+  ``shard_index`` may run at the same time on the same ``out_dir`` (Hydra multirun).
+* Stale temporaries of a killed run are removed first: the whole folder when
+  ``num_shards == 1``, else only those of this job's structures (another job may be writing).
+
+Determinism
+-----------
+The shot generator of a structure is seeded from ``(seed, crc32(name))`` with a numpy
+``SeedSequence``, so a structure's frames do not depend on which other structures are in the
+source, on sharding or on resuming. ``chunk`` is part of the random stream (frames are drawn
+``chunk`` at a time): the same ``(seed, name, chunk, settings)`` gives the same frames. With
+``deterministic=True`` the reciprocal grid is computed by single-threaded finufft, whose
+multithreaded spreading adds in a racy order and is not bit-reproducible.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import glob
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .dataset_io import TMP_SUFFIX, cleanup_partial, shard_is_complete, write_shard
+from .engine import DEFAULT_OVERSAMPLING, PatternEngine
+from .geometry import Geometry
+from .labels import HIT_CLASSES
+from .shots import FluenceConfig, HitMix, NoiseConfig, ShotGenerator
+from .sources import StructureSpec
+
+__all__ = ["StructureOutcome", "GenerationReport", "generate_dataset", "shot_seed",
+           "code_version", "shard_path", "iter_shards"]
+
+logger = logging.getLogger(__name__)
+
+#: Beam-centre jitter covered by the reciprocal grid, in standard deviations.
+JITTER_COVERAGE_SIGMA = 4.0
+
+
+@dataclass
+class StructureOutcome:
+    """What happened to one structure.
+
+    Attributes
+    ----------
+    name, source : str
+        From the :class:`~simulate.sources.StructureSpec`.
+    status : {"done", "skipped", "failed"}
+        ``done``: shard written now; ``skipped``: a complete shard already existed;
+        ``failed``: an error was caught (``error`` says which).
+    path : str
+        The shard path (written, existing or intended).
+    n_frames : int
+        Frames in the shard (0 when failed).
+    seconds : float
+        Wall time spent on the structure.
+    error : str
+        ``"<ExceptionType>: <message>"`` for failed structures, else ``""``.
+    """
+
+    name: str
+    source: str
+    status: str
+    path: str
+    n_frames: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class GenerationReport:
+    """Outcome of :func:`generate_dataset`, one entry per structure of this job's partition."""
+
+    out_dir: str
+    shard_index: int = 0
+    num_shards: int = 1
+    outcomes: list = field(default_factory=list)
+    removed_tmp: list = field(default_factory=list)
+
+    def _with(self, status: str) -> list:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def done(self) -> list:
+        """Structures whose shard was written by this call."""
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list:
+        """Structures skipped because their shard was already complete."""
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list:
+        """Structures that raised; each has ``name``, ``source`` and ``error``."""
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when no structure failed."""
+        return not self.failed
+
+    @property
+    def shard_paths(self) -> list:
+        """Paths of the complete shards of this partition (written now or before)."""
+        return [Path(o.path) for o in self.outcomes if o.status in ("done", "skipped")]
+
+    def as_dict(self) -> dict:
+        """JSON-ready view."""
+        return {"out_dir": self.out_dir, "shard_index": self.shard_index,
+                "num_shards": self.num_shards,
+                "counts": {s: len(self._with(s)) for s in ("done", "skipped", "failed")},
+                "removed_tmp": [str(p) for p in self.removed_tmp],
+                "outcomes": [dataclasses.asdict(o) for o in self.outcomes]}
+
+    def table(self) -> str:
+        """A plain-text summary table: one line per structure, then the counts."""
+        rows = [(o.name, o.status if o.status != "skipped" else "skipped-complete",
+                 str(o.n_frames) if o.n_frames else "-", f"{o.seconds:.1f}", o.error)
+                for o in self.outcomes]
+        head = ("structure", "status", "frames", "time_s", "reason")
+        widths = [max([len(head[k])] + [len(r[k]) for r in rows]) for k in range(4)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+        lines = [f"dataset {self.out_dir} (job {self.shard_index + 1}/{self.num_shards})",
+                 fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths), "").rstrip()]
+        lines += [fmt.format(*r).rstrip() for r in rows]
+        lines.append(f"done: {len(self.done)}, skipped-complete: {len(self.skipped)}, "
+                     f"failed: {len(self.failed)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- helpers
+def shot_seed(seed: int, name: str) -> int:
+    """Seed of the shot generator of structure ``name``: ``SeedSequence([seed, crc32(name)])``.
+
+    Stable across processes and Python versions (unlike ``hash()``).
+
+    Examples
+    --------
+    >>> shot_seed(0, "1BXN") == shot_seed(0, "1BXN") != shot_seed(1, "1BXN")
+    True
+    """
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed = {seed!r}: must be a non-negative integer")
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(name.encode("utf-8"))])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def shard_path(out_dir, name: str) -> Path:
+    """``<out_dir>/<name>.h5``."""
+    return Path(out_dir) / f"{name}.h5"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """``"speckle_embed <version>"`` plus `` git <commit>[-dirty]`` when the package sits
+    in a git checkout with git available (quietly omitted otherwise)."""
+    try:
+        from importlib.metadata import version
+        text = f"speckle_embed {version('speckle_embed')}"
+    except Exception:  # noqa: BLE001 - not installed (running from a source tree)
+        text = "speckle_embed unknown"
+    here = Path(__file__).resolve().parent
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        text += f" git {commit}{'-dirty' if dirty else ''}"
+    except Exception:  # noqa: BLE001 - no git, not a checkout, timeout...
+        pass
+    return text
+
+
+@contextlib.contextmanager
+def _single_threaded_nufft(enabled: bool):
+    """Make ``finufft.nufft3d1`` default to ``nthreads=1`` inside the block.
+
+    finufft's multithreaded type-1 spreading adds sub-grids in a racy order, so its result
+    changes in the last bits from call to call, which can flip Poisson draws. The engine
+    does not expose finufft's options, hence this scoped default.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        import finufft
+    except ImportError:  # the direct method does not need finufft
+        yield
+        return
+    original = finufft.nufft3d1
+
+    @functools.wraps(original)
+    def nufft3d1(*args, **kwargs):
+        kwargs.setdefault("nthreads", 1)
+        return original(*args, **kwargs)
+
+    finufft.nufft3d1 = nufft3d1
+    try:
+        yield
+    finally:
+        finufft.nufft3d1 = original
+
+
+def _remove_stale_tmp(final: Path) -> list:
+    """Remove ``<final>.*.tmp`` left by a killed write of this shard."""
+    removed = []
+    for p in glob.glob(glob.escape(str(final)) + ".*" + TMP_SUFFIX):
+        try:
+            os.unlink(p)
+            removed.append(Path(p))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _as_config(value, cls, what: str):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"{what}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        value = dict(value)
+        if "multi_counts" in value:
+            value["multi_counts"] = tuple(value["multi_counts"])
+        return cls(**value)
+    raise TypeError(f"{what} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+def _geometry_attrs(geometry: Geometry) -> dict:
+    attrs = {}
+    for key, value in geometry.as_dict().items():
+        attrs[key] = np.asarray(value) if isinstance(value, (tuple, list)) else value
+    attrs["wavelength_m"] = geometry.wavelength_m
+    attrs["pixel_size_m"] = geometry.pixel_size_m
+    attrs["fluence_photons_per_m2"] = geometry.fluence_photons_per_m2
+    return attrs
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} = {value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------- main loop
+def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_dir,
+                     n_frames: int, chunk: int = 64, mix: HitMix | dict | None = None,
+                     noise: NoiseConfig | dict | None = None,
+                     fluence: FluenceConfig | dict | None = None, method: str = "fast",
+                     oversampling: float = DEFAULT_OVERSAMPLING, device="cpu", seed: int = 0,
+                     shard_index: int = 0, num_shards: int = 1, config_yaml: str = "",
+                     progress: bool = True, threads: int | None = None,
+                     deterministic: bool = True) -> GenerationReport:
+    """Simulate ``n_frames`` shots of every structure of this job's partition.
+
+    Parameters
+    ----------
+    specs : sequence of StructureSpec
+        The structures (unique names), e.g. from :func:`simulate.sources.resolve_sources`.
+    geometry : Geometry
+        Beam and detector.
+    out_dir : str or Path
+        Dataset folder; shard ``<out_dir>/<name>.h5`` per structure (created if needed).
+    n_frames : int
+        Shots per structure (>= 1).
+    chunk : int
+        Shots simulated per call of the shot generator (progress granularity; part of the
+        random stream, see the module notes).
+    mix, noise, fluence : HitMix, NoiseConfig, FluenceConfig or dict, optional
+        Hit-class probabilities, detector noise and fluence spread (dicts are passed to the
+        dataclass; default: the dataclass defaults).
+    method : {"fast", "direct"}
+        Engine method (:class:`~simulate.engine.PatternEngine`).
+    oversampling : float
+        Reciprocal-grid oversampling of the fast method.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Dataset seed; each structure's generator is seeded with :func:`shot_seed`.
+    shard_index, num_shards : int
+        This job handles the structures ``i`` with ``i % num_shards == shard_index``.
+    config_yaml : str
+        Full configuration as YAML text, stored in every shard's attributes.
+    progress : bool
+        Show a tqdm bar per structure and print the summary table at the end (else the
+        table is logged at INFO level).
+    threads : int, optional
+        ``torch.set_num_threads(threads)``; None leaves torch's default.
+    deterministic : bool
+        Compute reciprocal grids with single-threaded finufft (bit-reproducible).
+
+    Returns
+    -------
+    GenerationReport
+        One :class:`StructureOutcome` per structure of the partition, in spec order.
+        Errors raised while handling a structure (``StructureError``, ``GeometryError``,
+        ``OSError``...) are caught, logged and recorded; ``KeyboardInterrupt`` is not.
+
+    Raises
+    ------
+    ValueError
+        Bad ``n_frames``, ``chunk``, ``seed``, shard numbers, duplicate structure names or
+        unknown keys in ``mix``/``noise``/``fluence``.
+    """
+    n_frames = _check_int(n_frames, "n_frames", 1)
+    chunk = _check_int(chunk, "chunk", 1)
+    num_shards = _check_int(num_shards, "num_shards", 1)
+    shard_index = _check_int(shard_index, "shard_index", 0)
+    if shard_index >= num_shards:
+        raise ValueError(f"shard_index = {shard_index} must be < num_shards = {num_shards}")
+    shot_seed(seed, "")  # validates seed
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a Geometry, got {type(geometry).__name__}")
+    mix = _as_config(mix, HitMix, "mix")
+    mix.probabilities()  # validates before any work
+    noise = _as_config(noise, NoiseConfig, "noise")
+    fluence = _as_config(fluence, FluenceConfig, "fluence")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate structure names {dup}")
+    if threads is not None:
+        torch.set_num_threads(_check_int(threads, "threads", 1))
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    mine = [s for i, s in enumerate(specs) if i % num_shards == shard_index]
+    report = GenerationReport(out_dir=str(out), shard_index=shard_index, num_shards=num_shards)
+    if num_shards == 1:
+        report.removed_tmp += cleanup_partial(out)
+    else:  # other jobs may be writing their own shards right now
+        for spec in mine:
+            report.removed_tmp += _remove_stale_tmp(shard_path(out, spec.name))
+    if report.removed_tmp:
+        logger.info("removed %d stale temporary file(s) in %s", len(report.removed_tmp), out)
+
+    settings = dict(n_frames=n_frames, chunk=chunk, mix=mix, noise=noise, fluence=fluence,
+                    method=method, oversampling=oversampling, device=device, seed=seed,
+                    config_yaml=config_yaml, progress=progress, deterministic=deterministic)
+    logger.info("job %d/%d: %d of %d structure(s) -> %s", shard_index + 1, num_shards,
+                len(mine), len(specs), out)
+    for spec in mine:
+        report.outcomes.append(_one_structure(spec, geometry, out, **settings))
+
+    table = report.table()
+    if progress:
+        print(table, flush=True)
+    else:
+        logger.info("\n%s", table)
+    return report
+
+
+def _one_structure(spec: StructureSpec, geometry: Geometry, out: Path, *, n_frames, chunk, mix,
+                   noise, fluence, method, oversampling, device, seed, config_yaml, progress,
+                   deterministic) -> StructureOutcome:
+    path = shard_path(out, spec.name)
+    t0 = time.perf_counter()
+    if shard_is_complete(path):
+        existing = _n_frames_of(path)
+        if existing != n_frames:
+            logger.warning("%s: complete shard with %s frames kept (config asks %d); delete it "
+                           "to regenerate", path, existing, n_frames)
+        return StructureOutcome(spec.name, spec.source, "skipped", str(path), existing or 0)
+    try:
+        structure = spec.load()
+        with _single_threaded_nufft(deterministic and method == "fast"):
+            engine = PatternEngine(structure, geometry, method=method, device=device,
+                                   oversampling=oversampling,
+                                   max_beam_offset_px=JITTER_COVERAGE_SIGMA
+                                   * noise.beam_center_jitter_px)
+        sseed = shot_seed(seed, spec.name)
+        generator = ShotGenerator(engine, noise=noise, fluence=fluence, mix=mix, seed=sseed)
+        frames, truth = _simulate(generator, spec.name, n_frames, chunk, progress)
+        attrs = _geometry_attrs(geometry)
+        attrs.update({
+            "seed": int(seed),
+            "shot_seed": sseed,
+            "structure_name": spec.name,
+            "structure_source": structure.source or spec.source,
+            "structure_kind": spec.kind,
+            "structure_n_atoms": structure.n_atoms,
+            "structure_radius_angstrom": structure.radius,
+            "structure_n_electrons": structure.n_electrons,
+            "method": method,
+            "oversampling": float(oversampling),
+            "chunk": int(chunk),
+            "hit_mix": dataclasses.asdict(mix),
+            "noise": dataclasses.asdict(noise),
+            "fluence": dataclasses.asdict(fluence),
+            "config_yaml": config_yaml,
+            "code_version": code_version(),
+            "hit_class_names": json.dumps(list(HIT_CLASSES)),
+        })
+        write_shard(path, frames, truth, generator.mask, attrs)
+    except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the others
+        seconds = time.perf_counter() - t0
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("structure %s (%s) failed after %.1f s: %s", spec.name, spec.source,
+                     seconds, error, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return StructureOutcome(spec.name, spec.source, "failed", str(path), 0, seconds, error)
+    seconds = time.perf_counter() - t0
+    logger.info("%s: %d frames in %.1f s -> %s", spec.name, n_frames, seconds, path)
+    return StructureOutcome(spec.name, spec.source, "done", str(path), n_frames, seconds)
+
+
+def _simulate(generator: ShotGenerator, name: str, n_frames: int, chunk: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    batches = []
+    with tqdm(total=n_frames, desc=name, unit="pattern", disable=not progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        t0 = time.perf_counter()
+        for start in range(0, n_frames, chunk):
+            batches.append(generator.generate(min(chunk, n_frames - start)))
+            done = start + batches[-1].frames.shape[0]
+            bar.update(batches[-1].frames.shape[0])
+            bar.set_postfix({"patterns/s": f"{done / max(time.perf_counter() - t0, 1e-9):.1f}"})
+    frames = np.concatenate([b.frames for b in batches])
+    truth = {k: np.concatenate([b.truth[k] for b in batches]) for k in batches[0].truth}
+    return frames, truth
+
+
+def _n_frames_of(path: Path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["n_frames"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def iter_shards(out_dir) -> Iterable[Path]:
+    """Complete shards in ``out_dir``, sorted by name."""
+    return [p for p in sorted(Path(out_dir).glob("*.h5")) if shard_is_complete(p)]
