@@ -1,0 +1,51 @@
+"""speckle_embed: few-shot classification of X-ray single-particle-imaging diffraction patterns.
+
+A small CNN maps a detector frame to a unit-length embedding (SpeckleNN, Wang et al.,
+IUCrJ 2023); a new sample is classified by distance to a handful of labelled supports held
+in a FAISS index. Public names are imported lazily so that ``import speckle_embed`` stays
+light and never needs the simulator's dependencies (skopi, gemmi, finufft)::
+
+    import speckle_embed as se
+    emb = se.SpeckleEmbedder.from_checkpoint("best.pt")
+    clf = se.FewShotClassifier(emb).fit(support_frames, support_labels)
+    clf.predict(query_frames)
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # few-shot API
+    "SpeckleEmbedder": "speckle_embed.embedder",
+    "FewShotClassifier": "speckle_embed.classifier",
+    "load_pretrained": "speckle_embed.pretrained",
+    # building blocks
+    "Preprocessing": "speckle_embed.preprocess",
+    "preprocess": "speckle_embed.preprocess",
+    "SupportIndex": "speckle_embed.index",
+    "SpeckleNNEmbedding": "speckle_embed.models",
+    "build_model": "speckle_embed.models",
+    "model_config": "speckle_embed.models",
+    "TripletLoss": "speckle_embed.losses",
+    "SemiHardMiner": "speckle_embed.losses",
+    "BatchHardMiner": "speckle_embed.losses",
+    "BatchAllMiner": "speckle_embed.losses",
+    "SpeckleH5Dataset": "speckle_embed.data",
+    "open_dataset": "speckle_embed.data",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'speckle_embed' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
