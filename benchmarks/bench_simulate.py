@@ -95,6 +95,8 @@ def main(argv=None):
     parser.add_argument("--patterns", type=int, default=400)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the single-process run (per-shot ops are small: 1 avoids OpenMP overhead)")
     parser.add_argument("--skip-skopi", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write results as JSON")
@@ -104,7 +106,7 @@ def main(argv=None):
           f"torch {torch.__version__}, device {args.device}")
     rows = []
     for n_atoms in args.atoms:
-        one = _throughput(n_atoms, args.seed, args.patterns, args.device, torch.get_num_threads())
+        one = _throughput(n_atoms, args.seed, args.patterns, args.device, args.threads)
         row = dict(one, device=args.device)
         if args.device == "cpu" and args.workers > 1:
             row["patterns_per_s_parallel"] = _parallel(n_atoms, args.seed, args.patterns, args.workers)

@@ -231,6 +231,7 @@ class PatternEngine:
         self.device = torch.device(device)
         self.q = torch.as_tensor(reciprocal_vectors(geometry), device=self.device)   # (H,W,3) f64
         self.scale = torch.as_tensor(intensity_scale(geometry), device=self.device)  # (H,W) f64
+        self._q32 = self.q.to(torch.float32)
         self.volume = None
         if method == "fast":
             pad = max_beam_offset_px * 1.5
@@ -263,7 +264,10 @@ class PatternEngine:
         """
         q = self.q if q is None else q
         # float32 is ample to address the grid; the direct sum keeps float64.
-        qf = q.to(torch.float32 if self.method == "fast" else torch.float64)
+        if self.method == "fast":
+            qf = self._q32 if q is self.q else q.to(torch.float32)
+        else:
+            qf = q.to(torch.float64)
         # q in the particle frame: R^T q, i.e. q @ R for row vectors.
         q_body = torch.einsum("hwi,mij->mhwj", qf, rotations.to(qf.dtype))
         field = self.amplitude(q_body)                                 # (m, H, W)

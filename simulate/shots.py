@@ -168,6 +168,7 @@ class ShotGenerator:
         self.torch_gen = torch.Generator(device=engine.device).manual_seed(int(seed))
         self.mask = detector_mask(self.geometry)
         self._dead = torch.as_tensor(self.mask != 0, device=engine.device)
+        self._scale32 = engine.scale.to(torch.float32)
 
     # ------------------------------------------------------------------ public
     def generate(self, n: int) -> ShotBatch:
@@ -223,7 +224,8 @@ class ShotGenerator:
         rots = torch.as_tensor(quaternion_to_matrix(quats), device=dev)
         pos = torch.as_tensor(positions_angstrom, device=dev) if len(quats) > 1 else None
         field = self.engine.shot_field(rots, pos, q=q)
-        return (field.abs() ** 2).to(torch.float64) * scale
+        intensity = field.real ** 2 + field.imag ** 2
+        return intensity * (self._scale32 if scale is self.engine.scale else scale.to(intensity.dtype))
 
     def _parasitic_intensity(self, q, scale) -> torch.Tensor:
         """A water droplet (ellipsoid, 1.5-4x the particle radius), sometimes with a streak."""

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:
+#   make demo   -- the main job on the embedded default data (creates .venv when missing)
+#   make test   -- the test suite (what CI runs through .ci/run)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch goes in first, so that nothing later pulls CUDA wheels.
+# Elsewhere, point PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index, or set TORCH_SPEC.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= outputs/demo
+
+.PHONY: demo test test-all bench fidelity venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[sim,dev]"
+	touch $@
+
+demo: venv
+	$(PY) -m simulate hydra.run.dir=$(DEMO_DIR)/simulate source=procedural dataset=tiny \
+	    out_dir=$(CURDIR)/$(DEMO_DIR)/data
+	@echo "example patterns: $(DEMO_DIR)/simulate/examples.png"
+
+test: venv
+	$(PY) -m pytest -q
+
+test-all: venv
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: venv
+	$(PY) benchmarks/bench_simulate.py
+	$(PY) benchmarks/bench_index.py
+
+fidelity: venv
+	$(PY) scripts/check_fidelity.py --out reports/fidelity.json
+
+clean:
+	rm -rf outputs multirun .pytest_cache
