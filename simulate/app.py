@@ -123,7 +123,7 @@ def run(cfg, *, output_dir=None, base_dir=None):
         specs, geometry, out_dir=_absolute(c["out_dir"], base), n_frames=ds["n_frames"],
         chunk=ds.get("chunk", 64), mix=ds.get("mix"), noise=ds.get("noise"),
         fluence=ds.get("fluence"), method=c.get("method", "fast"),
-        oversampling=c.get("oversampling", 10.0), device=_device(c.get("device", "cpu")),
+        oversampling=c.get("oversampling"), device=_device(c.get("device", "cpu")),
         seed=c.get("seed", 0), shard_index=shards.get("shard_index", 0),
         num_shards=shards.get("num_shards", 1), config_yaml=config_yaml,
         progress=c.get("progress", True), threads=c.get("threads"),

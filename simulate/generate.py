@@ -20,8 +20,9 @@ The shot generator of a structure is seeded from ``(seed, crc32(name))`` with a 
 ``SeedSequence``, so a structure's frames do not depend on which other structures are in the
 source, on sharding or on resuming. ``chunk`` is part of the random stream (frames are drawn
 ``chunk`` at a time): the same ``(seed, name, chunk, settings)`` gives the same frames. With
-``deterministic=True`` the reciprocal grid is computed by single-threaded finufft, whose
-multithreaded spreading adds in a racy order and is not bit-reproducible.
+``deterministic=True`` the reciprocal grid is built with one thread (finufft's multithreaded
+spreading adds in a racy order and is not bit-reproducible); frames are then identical from
+run to run on the same machine and software.
 """
 from __future__ import annotations
 
@@ -196,33 +197,23 @@ def code_version() -> str:
 
 
 @contextlib.contextmanager
-def _single_threaded_nufft(enabled: bool):
-    """Make ``finufft.nufft3d1`` default to ``nthreads=1`` inside the block.
+def _torch_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (None: unchanged), then restore.
 
-    finufft's multithreaded type-1 spreading adds sub-grids in a racy order, so its result
-    changes in the last bits from call to call, which can flip Poisson draws. The engine
-    does not expose finufft's options, hence this scoped default.
+    :class:`~simulate.engine.ReciprocalVolume` gives finufft ``torch.get_num_threads()``
+    threads; finufft's multithreaded type-1 spreading adds sub-grids in a racy order, so
+    its result changes in the last bits from run to run, which can flip Poisson draws.
+    One thread makes the grid bit-reproducible.
     """
-    if not enabled:
+    if n is None:
         yield
         return
-    try:
-        import finufft
-    except ImportError:  # the direct method does not need finufft
-        yield
-        return
-    original = finufft.nufft3d1
-
-    @functools.wraps(original)
-    def nufft3d1(*args, **kwargs):
-        kwargs.setdefault("nthreads", 1)
-        return original(*args, **kwargs)
-
-    finufft.nufft3d1 = nufft3d1
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        finufft.nufft3d1 = original
+        torch.set_num_threads(before)
 
 
 def _remove_stale_tmp(final: Path) -> list:
@@ -275,7 +266,7 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
                      n_frames: int, chunk: int = 64, mix: HitMix | dict | None = None,
                      noise: NoiseConfig | dict | None = None,
                      fluence: FluenceConfig | dict | None = None, method: str = "fast",
-                     oversampling: float = DEFAULT_OVERSAMPLING, device="cpu", seed: int = 0,
+                     oversampling: float | None = None, device="cpu", seed: int = 0,
                      shard_index: int = 0, num_shards: int = 1, config_yaml: str = "",
                      progress: bool = True, threads: int | None = None,
                      deterministic: bool = True) -> GenerationReport:
@@ -299,8 +290,9 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
         dataclass; default: the dataclass defaults).
     method : {"fast", "direct"}
         Engine method (:class:`~simulate.engine.PatternEngine`).
-    oversampling : float
-        Reciprocal-grid oversampling of the fast method.
+    oversampling : float, optional
+        Reciprocal-grid oversampling of the fast method (None: the engine's
+        ``DEFAULT_OVERSAMPLING``).
     device : str
         ``"cpu"`` or ``"cuda"``.
     seed : int
@@ -315,7 +307,7 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     threads : int, optional
         ``torch.set_num_threads(threads)``; None leaves torch's default.
     deterministic : bool
-        Compute reciprocal grids with single-threaded finufft (bit-reproducible).
+        Build reciprocal grids with one thread (bit-reproducible; slower on many cores).
 
     Returns
     -------
@@ -337,6 +329,8 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     if shard_index >= num_shards:
         raise ValueError(f"shard_index = {shard_index} must be < num_shards = {num_shards}")
     shot_seed(seed, "")  # validates seed
+    if oversampling is None:
+        oversampling = DEFAULT_OVERSAMPLING
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a Geometry, got {type(geometry).__name__}")
     mix = _as_config(mix, HitMix, "mix")
@@ -391,7 +385,7 @@ def _one_structure(spec: StructureSpec, geometry: Geometry, out: Path, *, n_fram
         return StructureOutcome(spec.name, spec.source, "skipped", str(path), existing or 0)
     try:
         structure = spec.load()
-        with _single_threaded_nufft(deterministic and method == "fast"):
+        with _torch_threads(1 if deterministic and method == "fast" else None):
             engine = PatternEngine(structure, geometry, method=method, device=device,
                                    oversampling=oversampling,
                                    max_beam_offset_px=JITTER_COVERAGE_SIGMA

@@ -224,7 +224,7 @@ def _stem(path: Path) -> str:
     return stem.rsplit(".", 1)[0] if "." in stem else stem
 
 
-def _missing_structure(name: str, message: str) -> Structure:
+def _missing_structure(message: str) -> Structure:
     raise StructureError(message)
 
 
@@ -261,9 +261,8 @@ def _pdb(cfg, base_dir: Path, where: str) -> list[StructureSpec]:
             if p is None:
                 message = (f"{where}: no structure file for id {wanted!r} in "
                            f"{directory if directory is not None else 'the files list'}")
-                specs.append(StructureSpec(str(wanted), functools.partial(
-                    _missing_structure, str(wanted), message), source=f"pdb:{wanted}:missing",
-                    kind="pdb"))
+                specs.append(StructureSpec(str(wanted), functools.partial(_missing_structure, message),
+                                           source=f"pdb:{wanted}:missing", kind="pdb"))
             else:
                 specs.append(_pdb_spec(p, _stem(p), read_structure, kwargs))
         return specs
