@@ -123,6 +123,9 @@ class ReciprocalVolume:
         Requested finufft precision.
     device : str or torch.device
         Where the grid lives; sampling runs there.
+    nthreads : int, optional
+        finufft threads (default 1: bit-reproducible grids; more threads are faster but sum
+        in a varying order).
     """
 
     def __init__(self, structure: Structure, q_max: float, *,
@@ -151,7 +154,9 @@ class ReciprocalVolume:
         # exp(i k x) is 2 pi-periodic in x for integer k: folding the points is exact.
         xyz = np.mod(2 * np.pi * dq * structure.positions + np.pi, 2 * np.pi) - np.pi
         xyz = np.ascontiguousarray(xyz.T, dtype=np.float32)
-        opts = {"upsampfac": 1.25, "nthreads": nthreads or torch.get_num_threads()}
+        # One thread by default: multi-threaded finufft sums in a varying order, and datasets
+        # must be bit-reproducible from their seed.
+        opts = {"upsampfac": 1.25, "nthreads": nthreads or 1, "showwarn": 0}
         uniq, inverse = np.unique(structure.elements, return_inverse=True)
         atom_coeffs = np.array([coeffs[e] for e in uniq])[inverse] * structure.weights[:, None]
         grid = np.zeros((side, side, side), dtype=np.complex64)
@@ -219,11 +224,15 @@ class PatternEngine:
     device : str or torch.device
     oversampling : float
         Grid oversampling of the fast method.
+    max_beam_offset_px : float
+        Largest beam-centre offset that will be requested (pads the grid's q-range).
+    nthreads : int, optional
+        finufft threads for the reciprocal grid (default 1, bit-reproducible).
     """
 
     def __init__(self, structure: Structure, geometry: Geometry, *, method: str = "fast",
                  device="cpu", oversampling: float = DEFAULT_OVERSAMPLING,
-                 max_beam_offset_px: float = 0.0):
+                 max_beam_offset_px: float = 0.0, nthreads: int | None = None):
         if method not in ("fast", "direct"):
             raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
         check_sampling(geometry, 2 * structure.radius, where=f"structure {structure.name!r}")
@@ -237,7 +246,7 @@ class PatternEngine:
             pad = max_beam_offset_px * 1.5
             qmax = float(torch.linalg.vector_norm(self.q, dim=-1).max()) * (1 + pad / geometry.n_pixels)
             self.volume = ReciprocalVolume(structure, qmax, oversampling=oversampling,
-                                           device=self.device)
+                                           device=self.device, nthreads=nthreads)
 
     def amplitude(self, q: torch.Tensor) -> torch.Tensor:
         """``F`` of the unrotated particle at ``q`` (1/angstrom), shape (..., 3) -> complex (...)."""
