@@ -1,0 +1,27 @@
+"""Training of embedding models: P x K sampling, on-device augmentation, resumable loop.
+
+``python -m speckle_embed.train`` runs :func:`train` with the configuration composed by Hydra
+from ``conf/train.yaml``; library code here never imports hydra.
+"""
+from .augment import AugmentConfig, SpeckleAugment
+from .checkpoint import CHECKPOINT_FORMAT, checkpoint_hash, load_checkpoint, load_embedder
+from .config import TrainConfig
+from .loop import TrainingDivergedError, TrainResult, train
+from .sampler import PKSampler
+from .split import split_by_class, split_by_structure
+
+__all__ = [
+    "train",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "PKSampler",
+    "SpeckleAugment",
+    "AugmentConfig",
+    "split_by_structure",
+    "split_by_class",
+    "load_checkpoint",
+    "load_embedder",
+    "checkpoint_hash",
+    "CHECKPOINT_FORMAT",
+]

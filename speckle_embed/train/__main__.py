@@ -1,0 +1,43 @@
+"""``python -m speckle_embed.train``: the Hydra entry point of training.
+
+It only composes ``conf/train.yaml`` (plus overrides) and calls
+:func:`speckle_embed.train.train` with the run folder Hydra made and the directory the
+command was started from (relative data paths are relative to it).
+
+Examples
+--------
+::
+
+    python -m speckle_embed.train train/experiment=offline            # simulates data if missing
+    python -m speckle_embed.train train/experiment=offline data.dirs=[data/simulated/procedural,data/simulated/pdb]
+    python -m speckle_embed.train train/experiment=online data.dirs=[run42.h5]
+    python -m speckle_embed.train run_name=m02 loss.margin=0.2        # resumes if outputs/train/m02 has last.pt
+    python -m speckle_embed.train -m loss.margin=0.05,0.2,0.5,1.0 hydra/launcher=joblib
+    python -m speckle_embed.train --cfg job                           # print the composed configuration
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Compose the configuration and train."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+    from omegaconf import OmegaConf
+
+    from speckle_embed.train import train
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["run_dir"] = HydraConfig.get().runtime.output_dir
+    if not plain.get("base_dir"):
+        plain["base_dir"] = get_original_cwd()
+    result = train(plain)
+    print(f"run folder: {result.run_dir}\nbest: {result.best_checkpoint} (metric {result.best_metric:.4f})",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
