@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(PY) -m simulate hydra.run.dir=$(DEMO_DIR)/simulate source=procedural dataset=tiny \
-	    out_dir=$(CURDIR)/$(DEMO_DIR)/data
+	    source.n_structures=6 source.n_atoms_max=40000 out_dir=$(CURDIR)/$(DEMO_DIR)/data
 	@echo "example patterns: $(DEMO_DIR)/simulate/examples.png"
 
 test: venv
