@@ -1,0 +1,747 @@
+"""Frames in, unit-norm embeddings out: the inference half of a trained embedding network.
+
+:class:`SpeckleEmbedder` couples an embedding model (any module of
+:data:`speckle_embed.models.MODEL_REGISTRY`) with the :class:`~speckle_embed.preprocess.Preprocessing`
+it was trained with, and embeds detector frames of any size and numeric dtype::
+
+    import speckle_embed as se
+    emb = se.SpeckleEmbedder.from_checkpoint("runs/exp1/best.pt")
+    Z = emb.embed(frames, mask=mask)            # (N, H, W) photons -> (N, 128) float32
+
+Frames from other detectors
+---------------------------
+The model sees an ``input_size x input_size`` window resampled about the beam centre with
+``scale`` input pixels per model pixel (default ``preprocessing.scale``: the training crop).
+
+* **Same pixel sampling as training, other size** (e.g. 128 x 128 binned pnCCD frames with their
+  own mask): ``emb.embed(frames, mask=pnccd_mask)``; the central window is used, masked pixels
+  (non-zero CXI bits or ``True``) are ignored. The frame must be at least ``input_size * scale``
+  pixels across for the window to be filled; pixels outside the frame count as masked.
+* **Known geometry** (pixel size, distance, photon energy of both detectors):
+  ``scale=speckle_embed.scale.geometric_scale(...)``; e.g. 1024 x 1024 assembled frames of
+  75 um pixels against a model trained on 600 um (8x8-binned) pixels take ``scale=8.0``: each
+  model pixel averages an 8 x 8 block (area-weighted, masked pixels excluded).
+* **Unknown geometry**: ``scale="auto"`` measures the speckle size of the incoming frames
+  (:func:`speckle_embed.scale.speckle_size`) and compares it to ``reference_speckle_px``, the
+  speckle size of the training frames stored in the checkpoint (``preprocessing`` dict). When the
+  checkpoint has none, assume the model was trained at its default crop and give it yourself:
+  ``SpeckleEmbedder.from_checkpoint(path, reference_speckle_px=...)``, or measure it once on
+  training-like frames with :meth:`SpeckleEmbedder.calibrate_reference_speckle`. One scale is
+  estimated per :meth:`~SpeckleEmbedder.embed` call, from up to 64 of its frames; for
+  reproducible pipelines call :meth:`~SpeckleEmbedder.estimate_scale` once and pass the number.
+* **Off-centre beam**: ``center=(row, col)`` (pixels; default the geometric centre
+  ``((H-1)/2, (W-1)/2)``), one per frame as an ``(N, 2)`` array, or ``center="auto"``
+  (:func:`speckle_embed.scale.estimate_center`, Friedel symmetry).
+
+Non-finite pixels (NaN, inf) are treated as masked; a frame with no finite, unmasked pixel in
+the model's field of view raises :class:`ValueError` naming its index (``nan_policy="raise"``
+refuses any non-finite pixel instead).
+
+Speed: only the window the model sees is converted to float32 (integer frames such as uint16
+are cropped first); inference runs in eval mode under :func:`torch.inference_mode` on a copy of
+the model with BatchNorm folded into the convolutions and channels-last memory; on CUDA
+``precision="bfloat16"`` and ``compile=True`` are available.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import math
+import os
+import pickle
+import secrets
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from speckle_embed.models import build_model, model_config
+from speckle_embed.preprocess import Preprocessing, preprocess
+
+__all__ = ["SpeckleEmbedder", "CheckpointError", "CHECKPOINT_FORMAT", "file_hash"]
+
+#: Value of the ``format`` key of every checkpoint (DESIGN.md).
+CHECKPOINT_FORMAT = "speckle_embed-checkpoint-1"
+
+_SAMPLE_FRAMES = 64  # frames used by scale="auto" / center="auto"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing keys, corrupt or incompatible; the message names the file."""
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """Checkpoint hash of DESIGN.md: first 16 hex digits of the SHA-256 of the file bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; "
+                           "use device='auto' or 'cpu'")
+    return dev
+
+
+# ----------------------------------------------------------------------------- inference copy
+def _fold_for_inference(model: nn.Module) -> nn.Module:
+    """Copy of ``model`` (eval) with Conv+BatchNorm folded and monotone PReLU moved after MaxPool.
+
+    Only patterns inside ``nn.Sequential`` containers are rewritten; both rewrites are exact up
+    to float rounding (max-pooling commutes with a non-decreasing activation).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    m = copy.deepcopy(model).eval()
+    for seq in list(m.modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq)
+        out: list[nn.Module] = []
+        i = 0
+        while i < len(kids):
+            a = kids[i]
+            b = kids[i + 1] if i + 1 < len(kids) else None
+            if (isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and b.track_running_stats
+                    and b.running_mean is not None):
+                out.append(fuse_conv_bn_eval(a, b))
+                i += 2
+                continue
+            if (isinstance(a, nn.PReLU) and isinstance(b, nn.MaxPool2d) and bool((a.weight >= 0).all())
+                    and b.padding in (0, (0, 0))):
+                out += [b, a]
+                i += 2
+                continue
+            out.append(a)
+            i += 1
+        seq._modules = OrderedDict((str(j), mod) for j, mod in enumerate(out))
+    return m
+
+
+def _params_key(model: nn.Module) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers()))
+
+
+# ----------------------------------------------------------------------------- input checks
+def _is_tensor(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _check_frames(frames) -> Any:
+    """Frames as an (N, H, W) numpy array, tensor or h5py-like dataset (not yet converted)."""
+    if _is_tensor(frames):
+        x = frames.detach()
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"frames must hold real numbers; got dtype {x.dtype}")
+    elif hasattr(frames, "shape") and hasattr(frames, "dtype") and hasattr(frames, "__getitem__") \
+            and not isinstance(frames, np.ndarray):
+        x = frames  # h5py.Dataset and friends: read batch by batch
+        if len(x.shape) == 2:
+            x = np.asarray(x[()])
+    else:
+        x = np.asarray(frames)
+    if not _is_tensor(x):
+        kind = np.dtype(x.dtype).kind
+        if kind not in "iuf":
+            raise ValueError(f"frames must hold real numbers (int, uint or float); got dtype {x.dtype}")
+    shape = tuple(x.shape)
+    if len(shape) == 2:
+        x = x[None]
+    elif len(shape) != 3:
+        raise ValueError(f"frames must have shape (N, H, W) or (H, W); got shape {shape}")
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"frames must have H, W >= 1; got shape {shape}")
+    return x
+
+
+def _check_mask(mask, n: int, hw: tuple[int, int]) -> np.ndarray | None:
+    """Boolean bad-pixel mask, (H, W) or (N, H, W), or None."""
+    if mask is None:
+        return None
+    m = mask.detach().cpu().numpy() if _is_tensor(mask) else np.asarray(mask)
+    if m.dtype.kind not in "biuf":
+        raise ValueError(f"mask must be boolean or integer (non-zero = bad pixel); got dtype {m.dtype}")
+    if m.shape == hw:
+        pass
+    elif m.ndim == 3 and m.shape == (n,) + hw:
+        pass
+    else:
+        raise ValueError(f"mask shape {m.shape} does not match the frames: expected {hw} "
+                         f"(one mask for all frames) or {(n,) + hw} (one per frame)")
+    return m != 0
+
+
+def _window(h: int, w: int, cy: float, cx: float, size: int, scale: float) -> tuple[int, int, int, int]:
+    """Rows/cols ``r0:r1, c0:c1`` that hold every pixel ``resample_center`` can touch."""
+    half = (size - 1) / 2 * scale
+    k = max(int(round(scale)), 1)
+    margin = k // 2 + 2
+    r0 = max(int(math.floor(cy - half)) - margin, 0)
+    r1 = min(int(math.ceil(cy + half)) + margin + 1, h)
+    c0 = max(int(math.floor(cx - half)) - margin, 0)
+    c1 = min(int(math.ceil(cx + half)) + margin + 1, w)
+    if r0 >= r1 or c0 >= c1:
+        raise ValueError(f"the beam centre ({cy}, {cx}) is so far outside the {h}x{w} frame that the "
+                         "model's field of view holds no pixel")
+    return r0, r1, c0, c1
+
+
+class SpeckleEmbedder:
+    """Embed diffraction frames with a trained network and its preprocessing.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Embedding network mapping ``(N, 1, S, S)`` inputs to ``(N, d)`` embeddings
+        (``S = preprocessing.input_size``), e.g. :class:`~speckle_embed.models.SpeckleNNEmbedding`.
+        Put in eval mode and moved to ``device``.
+    preprocessing : Preprocessing, optional
+        How frames become model inputs (default ``Preprocessing()``).
+    device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+        ``"auto"``: CUDA when available, else CPU.
+    batch_size : int, default 256
+        Frames per forward pass.
+    checkpoint_hash : str, optional
+        Identity of the weights (DESIGN.md: first 16 hex of the checkpoint file's SHA-256); set
+        by :meth:`from_checkpoint`, recorded by saved classifiers.
+    reference_speckle_px : float, optional
+        Speckle size (:func:`speckle_embed.scale.speckle_size`) of the training frames in
+        training-detector pixels; needed by ``scale="auto"``.
+    precision : {"float32", "bfloat16"}, default "float32"
+        Autocast dtype of the forward pass; embeddings are always returned as float32.
+    compile : bool, default False
+        ``torch.compile`` the inference copy of the model (the last batch is zero-padded to
+        ``batch_size`` so shapes stay static).
+    nan_policy : {"mask", "raise"}, default "mask"
+        ``"mask"``: non-finite pixels are treated as masked. ``"raise"``: any non-finite pixel in
+        the model's field of view raises ``ValueError`` naming the frame.
+    metadata : dict, optional
+        Training metadata (the checkpoint's ``"training"`` dict), kept for provenance.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+    preprocessing : Preprocessing
+    device : torch.device
+    embedding_size : int
+    checkpoint_path : pathlib.Path or None
+        File the weights were read from or last saved to.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> emb = SpeckleEmbedder.random_init(device="cpu")
+    >>> frames = np.random.default_rng(0).poisson(2.0, size=(3, 172, 172)).astype(np.uint16)
+    >>> Z = emb.embed(frames)
+    >>> Z.shape, Z.dtype, bool(np.allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5))
+    ((3, 128), dtype('float32'), True)
+    """
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing | None = None, *,
+                 device: str | torch.device = "auto", batch_size: int = 256,
+                 checkpoint_hash: str | None = None, reference_speckle_px: float | None = None,
+                 precision: str = "float32", compile: bool = False, nan_policy: str = "mask",
+                 metadata: dict | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        prep = Preprocessing() if preprocessing is None else preprocessing
+        if isinstance(prep, dict):
+            prep = Preprocessing.from_dict(prep)
+        if not isinstance(prep, Preprocessing):
+            raise TypeError(f"preprocessing must be a Preprocessing; got {type(prep).__name__}")
+        expected = getattr(model, "input_size", None)
+        if expected is not None and tuple(expected) != (prep.input_size, prep.input_size):
+            raise ValueError(f"the model expects inputs of {tuple(expected)} pixels but the "
+                             f"preprocessing produces {prep.input_size}x{prep.input_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16'; got {precision!r}")
+        if nan_policy not in ("mask", "raise"):
+            raise ValueError(f"nan_policy must be 'mask' or 'raise'; got {nan_policy!r}")
+        if reference_speckle_px is not None and not (np.isfinite(reference_speckle_px) and reference_speckle_px > 0):
+            raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocessing = prep
+        self.batch_size = int(batch_size)
+        self.checkpoint_hash = checkpoint_hash
+        self.checkpoint_path: Path | None = None
+        self.reference_speckle_px = None if reference_speckle_px is None else float(reference_speckle_px)
+        self.precision = precision
+        self.compile = bool(compile)
+        self.nan_policy = nan_policy
+        self.metadata = dict(metadata or {})
+        self._infer: nn.Module | None = None
+        self._infer_key: tuple | None = None
+        self._embedding_size: int | None = getattr(model, "embedding_size", None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def random_init(cls, preprocessing: Preprocessing | None = None, seed: int = 0, *,
+                    model: dict | None = None, **kwargs) -> "SpeckleEmbedder":
+        """An untrained embedder (random weights) to try the API before training.
+
+        Parameters
+        ----------
+        preprocessing : Preprocessing, optional
+            Default ``Preprocessing()``.
+        seed : int, default 0
+            Seeds the weights (the global torch RNG is left untouched).
+        model : dict, optional
+            :func:`~speckle_embed.models.build_model` config; default the SpeckleNN model for
+            ``preprocessing.input_size``.
+        **kwargs
+            Other :class:`SpeckleEmbedder` arguments (``device``, ``batch_size``...).
+        """
+        prep = Preprocessing() if preprocessing is None else preprocessing
+        config = {"name": "specklenn", "input_size": prep.input_size} if model is None else dict(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            net = build_model(config)
+        return cls(net, prep, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        weights_only: bool | None = None, reference_speckle_px: float | None = None,
+                        **kwargs) -> "SpeckleEmbedder":
+        """Rebuild an embedder from a checkpoint file (format in DESIGN.md).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            ``best.pt`` / ``last.pt`` written by training, or :meth:`save_checkpoint`.
+        device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+        weights_only : bool, optional
+            Passed to :func:`torch.load`. Default: try ``True`` (no arbitrary code is run) and,
+            if the file holds other Python objects (e.g. in its training metadata), retry with
+            ``False`` and warn: do that only for files you trust.
+        reference_speckle_px : float, optional
+            Overrides the value stored in the checkpoint (for ``scale="auto"``).
+        **kwargs
+            Other :class:`SpeckleEmbedder` arguments.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        CheckpointError
+            (a ``ValueError``) The file is not a readable checkpoint, lacks keys, has another
+            format, or its weights do not fit its model config. The message names the file.
+        """
+        path = Path(os.fspath(path)).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+        data = path.read_bytes()
+        if not data:
+            raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+        ckpt = cls._load_bytes(data, path, weights_only)
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        model, prep, ref, meta = cls._parse_checkpoint(ckpt, path)
+        if reference_speckle_px is not None:
+            ref = reference_speckle_px
+        self = cls(model, prep, device=device, checkpoint_hash=digest, reference_speckle_px=ref,
+                   metadata=meta, **kwargs)
+        self.checkpoint_path = path.resolve()
+        return self
+
+    @staticmethod
+    def _load_bytes(data: bytes, path: Path, weights_only: bool | None) -> Any:
+        def load(wo: bool):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=wo)
+
+        try:
+            return load(True if weights_only is None else bool(weights_only))
+        except pickle.UnpicklingError as exc:
+            if weights_only is None and "weights_only" in str(exc):
+                warnings.warn(f"checkpoint {path} holds objects that torch.load(weights_only=True) "
+                              f"refuses; loading it with weights_only=False (only do this for files "
+                              f"you trust). Reason: {str(exc).splitlines()[0]}", stacklevel=3)
+                try:
+                    return load(False)
+                except Exception as exc2:  # noqa: BLE001
+                    raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint: "
+                                          f"{exc2}") from exc2
+            raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - zip/EOF/pickle errors of a damaged file
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint "
+                                  f"(truncated or overwritten?): {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _parse_checkpoint(ckpt: Any, path: Path):
+        if not isinstance(ckpt, dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+        fmt = ckpt.get("format")
+        if fmt != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint {path} has format {fmt!r}; expected {CHECKPOINT_FORMAT!r}")
+        missing = [k for k in ("model", "state_dict", "preprocessing") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks the key(s) {missing}")
+        try:
+            model = build_model(ckpt["model"])
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {path}: cannot build the model from its config "
+                                  f"{ckpt['model']!r}: {exc}") from exc
+        try:
+            model.load_state_dict(ckpt["state_dict"], strict=True)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {path}: the weights do not fit the model config "
+                                  f"(incompatible checkpoint): {exc}") from exc
+        pre = ckpt["preprocessing"]
+        try:
+            prep = Preprocessing.from_dict(dict(pre))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {path}: invalid preprocessing {pre!r}: {exc}") from exc
+        ref = dict(pre).get("reference_speckle_px")
+        meta = ckpt.get("training") or {}
+        return model, prep, (None if ref is None else float(ref)), (meta if isinstance(meta, dict) else {})
+
+    def checkpoint_dict(self) -> dict:
+        """The checkpoint dict :meth:`save_checkpoint` writes (weights on the CPU)."""
+        prep = self.preprocessing.to_dict()
+        if self.reference_speckle_px is not None:
+            prep["reference_speckle_px"] = float(self.reference_speckle_px)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": model_config(self.model),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "preprocessing": prep,
+            "training": self.metadata,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike) -> str:
+        """Write a checkpoint (DESIGN.md format) atomically: a ``.tmp`` file, then a rename.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        str
+            The new file's hash. It becomes :attr:`checkpoint_hash` only if the embedder had none
+            (an embedder keeps the identity of the checkpoint it was loaded from).
+        """
+        path = Path(os.fspath(path)).expanduser()
+        buf = io.BytesIO()
+        torch.save(self.checkpoint_dict(), buf)
+        data = buf.getvalue()
+        _atomic_write_bytes(path, data)
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        if self.checkpoint_hash is None:
+            self.checkpoint_hash = digest
+            self.checkpoint_path = path.resolve()
+        return digest
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def embedding_size(self) -> int:
+        """Dimension ``d`` of the embeddings."""
+        if self._embedding_size is None:
+            s = self.preprocessing.input_size
+            with torch.inference_mode():
+                out = self.model(torch.zeros(1, 1, s, s, device=self.device))
+            self._embedding_size = int(out.shape[1])
+        return int(self._embedding_size)
+
+    def __repr__(self) -> str:
+        p = self.preprocessing
+        return (f"SpeckleEmbedder({type(self.model).__name__}, d={self.embedding_size}, "
+                f"input_size={p.input_size}, crop={p.crop}, device={str(self.device)!r}, "
+                f"checkpoint_hash={self.checkpoint_hash!r})")
+
+    def to(self, device: str | torch.device) -> "SpeckleEmbedder":
+        """Move the model to ``device`` (in place); returns ``self``."""
+        self.device = _resolve_device(device)
+        self.model.to(self.device)
+        self._infer = None
+        return self
+
+    # ------------------------------------------------------------------ scale / centre
+    def calibrate_reference_speckle(self, frames, mask=None, *, center=None) -> float:
+        """Measure and store :attr:`reference_speckle_px` from training-like frames.
+
+        Parameters
+        ----------
+        frames : array_like, shape (N, H, W)
+            Frames of the training detector/geometry (not resampled).
+        mask, center
+            As :func:`speckle_embed.scale.speckle_size`.
+
+        Returns
+        -------
+        float
+            The speckle size in pixels, now also :attr:`reference_speckle_px` (saved by
+            :meth:`save_checkpoint`).
+        """
+        from speckle_embed.scale import speckle_size
+
+        self.reference_speckle_px = float(speckle_size(_sample(frames), _sample_mask(mask, frames),
+                                                       center=center, max_frames=None))
+        return self.reference_speckle_px
+
+    def estimate_scale(self, frames, mask=None, *, center=None) -> float:
+        """The ``scale`` that ``scale="auto"`` would use for these frames.
+
+        ``preprocessing.scale * speckle_size(frames) / reference_speckle_px``.
+
+        Raises
+        ------
+        ValueError
+            If :attr:`reference_speckle_px` is unknown.
+        """
+        from speckle_embed.scale import estimate_scale
+
+        if self.reference_speckle_px is None:
+            raise ValueError(
+                "scale='auto' needs the speckle size of the training frames, and this embedder has "
+                "none (the checkpoint stores no 'reference_speckle_px'). Pass "
+                "reference_speckle_px=... to SpeckleEmbedder.from_checkpoint / the constructor, or "
+                "measure it on training-like frames with emb.calibrate_reference_speckle(frames); "
+                "or give scale explicitly (scale=None assumes the training pixel sampling).")
+        return estimate_scale(_sample(frames), self.reference_speckle_px, _sample_mask(mask, frames),
+                              center=center, reference_scale=self.preprocessing.scale, max_frames=None)
+
+    # ------------------------------------------------------------------ inference
+    def _inference_model(self) -> nn.Module:
+        key = (_params_key(self.model), str(self.device), self.compile)
+        if self._infer is None or self._infer_key != key:
+            self.model.eval()
+            m = self.model
+            try:
+                folded = _fold_for_inference(self.model)
+                s = self.preprocessing.input_size
+                probe = torch.randn(2, 1, s, s, device=self.device,
+                                    generator=torch.Generator(device=self.device).manual_seed(0))
+                with torch.inference_mode():
+                    if torch.allclose(folded(probe), self.model(probe), atol=1e-4, rtol=1e-3):
+                        m = folded
+            except Exception:  # noqa: BLE001 - an exotic model: run it as it is
+                m = self.model
+            m = m.to(memory_format=torch.channels_last)
+            if self.compile:
+                m = torch.compile(m, dynamic=False)
+            self._infer, self._infer_key = m, key
+        return self._infer
+
+    def embed(self, frames, mask=None, *, center=None, scale=None, batch_size: int | None = None,
+              progress: bool = False) -> np.ndarray:
+        """Unit-norm embeddings of frames.
+
+        Parameters
+        ----------
+        frames : array_like, Tensor or h5py.Dataset, shape (N, H, W) or (H, W)
+            Photon counts, any real dtype (uint16, int32, float32, float64...). An h5py dataset
+            is read batch by batch (only the window the model sees).
+        mask : array_like, shape (H, W) or (N, H, W), optional
+            Bad pixels: non-zero (CXI bits) or ``True``. Non-finite pixels are masked too.
+        center : (row, col), array (N, 2), or "auto", optional
+            Beam centre in input pixels (default the geometric centre); ``"auto"`` estimates one
+            centre from the frames (:func:`speckle_embed.scale.estimate_center`).
+        scale : float or "auto", optional
+            Input pixels per model pixel; default ``preprocessing.scale`` (the training crop).
+            ``"auto"``: see :meth:`estimate_scale` (needs :attr:`reference_speckle_px`).
+        batch_size : int, optional
+            Default :attr:`batch_size`.
+        progress : bool, default False
+            Show a tqdm progress bar (patterns/s).
+
+        Returns
+        -------
+        ndarray of float32, shape (N, d)
+            Rows of unit L2 norm.
+
+        Raises
+        ------
+        ValueError
+            Wrong number of dimensions, non-numeric dtype, a mask of the wrong shape, a bad
+            ``scale``/``center``, or a frame without any finite unmasked pixel in the model's
+            field of view (the message names its index).
+        """
+        x = _check_frames(frames)
+        n, h, w = (int(v) for v in x.shape)
+        bad = _check_mask(mask, n, (h, w))
+        prep = self.preprocessing
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        d = self.embedding_size
+        out = np.empty((n, d), dtype=np.float32)
+        if n == 0:
+            return out
+
+        # -- geometry
+        centers = None
+        if isinstance(center, str):
+            if center != "auto":
+                raise ValueError(f"center must be (row, col), an (N, 2) array, 'auto' or None; got {center!r}")
+            from speckle_embed.scale import estimate_center
+
+            center = estimate_center(_sample(x), _sample_mask(bad, x), max_frames=None)
+        if center is None:
+            cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+        else:
+            c = np.asarray(center.detach().cpu() if _is_tensor(center) else center, dtype=np.float64)
+            if c.shape == (2,):
+                cy, cx = float(c[0]), float(c[1])
+            elif c.shape == (n, 2):
+                centers = c
+                cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+            else:
+                raise ValueError(f"center must be (row, col) or an array of shape ({n}, 2); got shape {c.shape}")
+            if not np.isfinite(c).all():
+                raise ValueError("center holds NaN or inf")
+        if isinstance(scale, str):
+            if scale != "auto":
+                raise ValueError(f"scale must be a positive number, 'auto' or None; got {scale!r}")
+            scale = self.estimate_scale(x, bad, center=None if centers is not None else (cy, cx))
+        s = prep.scale if scale is None else scale
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(s) or s <= 0:
+            raise ValueError(f"scale must be a positive finite number (input pixels per model pixel); got {scale!r}")
+        s = float(s)
+
+        model = self._inference_model()
+        dev = self.device
+        autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if self.precision == "bfloat16"
+                    else _nullcontext())
+        bad_dev = None
+        if centers is None:
+            r0, r1, c0, c1 = _window(h, w, cy, cx, prep.input_size, s)
+            if bad is not None and bad.ndim == 2:
+                if bad[r0:r1, c0:c1].all():
+                    raise ValueError("the mask leaves no valid pixel in the model's field of view "
+                                     f"(rows {r0}:{r1}, cols {c0}:{c1} of the {h}x{w} frame)")
+                bad_dev = torch.from_numpy(np.ascontiguousarray(bad[r0:r1, c0:c1])).to(dev)
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="pattern", unit_scale=True, desc="embed", dynamic_ncols=True)
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, bs):
+                    stop = min(start + bs, n)
+                    if centers is None:
+                        inputs = self._prepare(x, start, stop, (r0, r1, c0, c1), bad, bad_dev, cy, cx, s)
+                    else:
+                        inputs = torch.cat([
+                            self._prepare(x, i, i + 1, _window(h, w, centers[i, 0], centers[i, 1],
+                                                               prep.input_size, s),
+                                          bad, None, centers[i, 0], centers[i, 1], s)
+                            for i in range(start, stop)])
+                    m = inputs.shape[0]
+                    if self.compile and m < bs:
+                        inputs = torch.cat([inputs, inputs.new_zeros((bs - m,) + inputs.shape[1:])])
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                    with autocast:
+                        z = model(inputs)
+                    z = F.normalize(z[:m].float(), dim=1)
+                    out[start:stop] = z.cpu().numpy()
+                    if bar is not None:
+                        bar.update(m)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    __call__ = embed
+
+    def _prepare(self, x, start: int, stop: int, win, bad, bad_dev, cy: float, cx: float,
+                 s: float) -> torch.Tensor:
+        """Model inputs (n, 1, S, S) of frames ``start:stop``: crop, convert, check, preprocess."""
+        r0, r1, c0, c1 = win
+        dev = self.device
+        if _is_tensor(x):
+            t = x[start:stop, r0:r1, c0:c1].to(device=dev, dtype=torch.float32)
+        else:
+            block = x[start:stop, r0:r1, c0:c1]
+            t = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(dev)
+        if bad_dev is not None:
+            m = bad_dev
+        elif bad is not None:
+            sub = bad[r0:r1, c0:c1] if bad.ndim == 2 else bad[start:stop, r0:r1, c0:c1]
+            m = torch.from_numpy(np.ascontiguousarray(sub)).to(dev)
+        else:
+            m = None
+        finite = torch.isfinite(t)
+        if self.nan_policy == "raise":
+            ok_all = finite.flatten(1).all(1) if m is None else (finite | m).flatten(1).all(1)
+            if not bool(ok_all.all()):
+                i = start + int(torch.nonzero(~ok_all)[0, 0])
+                raise ValueError(f"frame {i} has NaN/inf pixels in the model's field of view "
+                                 f"(rows {r0}:{r1}, cols {c0}:{c1}) and nan_policy='raise'")
+        good = finite if m is None else finite & ~m
+        has = good.flatten(1).any(1)
+        if not bool(has.all()):
+            i = start + int(torch.nonzero(~has)[0, 0])
+            raise ValueError(f"frame {i} has no finite, unmasked pixel in the model's field of view "
+                             f"(rows {r0}:{r1}, cols {c0}:{c1}): entirely NaN/inf or masked")
+        return preprocess(t, self.preprocessing, mask=m, center=(cy - r0, cx - c0), scale=s)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sample(frames, max_frames: int = _SAMPLE_FRAMES) -> np.ndarray:
+    """Up to ``max_frames`` frames spread evenly over ``frames``, as a float32 numpy array."""
+    x = _check_frames(frames)
+    n = int(x.shape[0])
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(np.int64))
+    if _is_tensor(x):
+        return x[torch.from_numpy(idx)].float().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return np.asarray(x[idx], dtype=np.float32)
+    return np.stack([np.asarray(x[int(i)], dtype=np.float32) for i in idx])
+
+
+def _sample_mask(mask, frames, max_frames: int = _SAMPLE_FRAMES):
+    """The mask matching :func:`_sample` (per-frame masks are subsampled alike)."""
+    if mask is None:
+        return None
+    m = mask.detach().cpu().numpy() if _is_tensor(mask) else np.asarray(mask)
+    if m.ndim == 3:
+        n = m.shape[0]
+        idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(np.int64))
+        return m[idx]
+    return m
