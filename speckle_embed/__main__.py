@@ -1,0 +1,83 @@
+"""``python -m speckle_embed <command>`` / ``speckle-embed <command>``: sub-command dispatch.
+
+Commands::
+
+    classify   classify HDF5/CXI frames with a saved FewShotClassifier (speckle_embed.cli)
+    train      train an embedding network (speckle_embed.train.__main__, Hydra)
+    evaluate   few-shot evaluation (speckle_embed.evaluate.__main__ or
+               speckle_embed.evaluation.__main__, when installed)
+
+Everything after the command is passed on (Hydra overrides ``key=value``)::
+
+    speckle-embed classify classifier=clf/ inputs=[run42/*.cxi]
+    speckle-embed train train/experiment=offline
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import runpy
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+#: command -> (candidate modules with a ``main()``, one-line help)
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "classify": (("speckle_embed.cli",), "classify frames of HDF5/CXI files with a saved classifier"),
+    "train": (("speckle_embed.train.__main__",), "train an embedding network (Hydra)"),
+    "evaluate": (("speckle_embed.evaluate.__main__", "speckle_embed.evaluation.__main__"),
+                 "few-shot evaluation of a checkpoint (Hydra)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: speckle-embed <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`speckle-embed <command> --help` describes a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command; returns (and, as a console script, exits with) its status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"speckle-embed: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if cmd == "classify":
+        from speckle_embed.cli import classify_main
+
+        return classify_main(rest)
+    modules, _ = COMMANDS[cmd]
+    errors = []
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ImportError as exc:  # a missing parent package
+            errors.append(f"{name}: {exc}")
+            continue
+        if spec is None:
+            errors.append(f"{name} is not importable")
+            continue
+        # Run it exactly as `python -m <package>` would (Hydra entry points read sys.argv and
+        # locate their config relative to a __main__ script).
+        saved = sys.argv
+        sys.argv = [spec.origin or name, *rest]
+        try:
+            runpy.run_module(name.removesuffix(".__main__"), run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            code = exc.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        finally:
+            sys.argv = saved
+        return 0
+    print(f"speckle-embed: the {cmd!r} command is not available in this installation ("
+          + "; ".join(errors) + ")", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

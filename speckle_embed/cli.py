@@ -1,0 +1,429 @@
+"""``speckle-embed classify``: classify every frame of HDF5/CXI files with a saved classifier.
+
+The entry point (:func:`classify_main`) only composes ``conf/classify.yaml`` with the command
+line's Hydra overrides and calls :func:`run_classify`, a plain function of a config mapping that
+the tests and notebooks can call too::
+
+    speckle-embed classify classifier=clf/ inputs=[run42/*.cxi] output_dir=out/run42
+    python -m speckle_embed classify classifier=clf/ inputs=[a.h5,b.h5] chunk_size=512 device=cuda
+
+Files are read ``chunk_size`` frames at a time, so they may exceed the memory. Results go to
+``<output_dir>/<output_name>.h5`` and ``.csv``, each written to a ``.tmp`` file and renamed when
+complete. HDF5 layout::
+
+    /files                        input paths (str), index = file_index
+    /predictions/file_index       int32 (n,)
+    /predictions/frame_index      int64 (n,)   frame within its file
+    /predictions/label            str or int64 (n,)   predicted class ("unknown"/-1 if rejected)
+    /predictions/code             int64 (n,)   index into class_names, -1 if rejected
+    /predictions/distances        float32 (n, n_classes)   the rule's distances
+    /predictions/probabilities    float32 (n, n_classes)
+    attributes: class_names (JSON), rule, temperature, threshold, classifier, checkpoint_hash,
+                data_paths (JSON, per file), n_frames, created_utc
+
+The CSV has one row per frame: ``file, frame, prediction, distance_<class>..., proba_<class>...``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import glob
+import json
+import os
+import secrets
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+__all__ = ["CONFIG_DIR", "classify_main", "run_classify", "resolve_inputs", "find_frames_dataset"]
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+"""Absolute path of the repository's ``conf/`` folder (editable install)."""
+
+DEFAULT_DATA_PATH = "/entry_1/data_1/data"
+_SUFFIXES = (".h5", ".cxi", ".hdf5", ".nxs")
+
+
+# ----------------------------------------------------------------------------- inputs
+def resolve_inputs(inputs, *, recursive: bool = False) -> list[Path]:
+    """Files named by ``inputs``: files, directories (``*.h5``, ``*.cxi``...) or glob patterns.
+
+    Unfinished ``*.tmp`` files are skipped; duplicates are removed, order kept.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path or pattern matches nothing, or nothing at all was found.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path):
+        p = p.absolute()
+        if p not in seen and not p.name.endswith(".tmp"):
+            seen.add(p)
+            out.append(p)
+
+    for item in inputs:
+        s = os.path.expanduser(os.fspath(item))
+        if any(ch in s for ch in "*?["):
+            matches = sorted(glob.glob(s, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"input pattern {s!r} matches no file")
+            for m in matches:
+                if Path(m).is_dir():
+                    for q in _dir_files(Path(m), recursive):
+                        add(q)
+                else:
+                    add(Path(m))
+        else:
+            p = Path(s)
+            if p.is_dir():
+                found = _dir_files(p, recursive)
+                if not found:
+                    raise FileNotFoundError(f"input directory {p} holds no {'/'.join(_SUFFIXES)} file")
+                for q in found:
+                    add(q)
+            elif p.exists():
+                add(p)
+            else:
+                raise FileNotFoundError(f"input {p} does not exist")
+    if not out:
+        raise FileNotFoundError(f"no input file found in {list(inputs)}")
+    return out
+
+
+def _dir_files(d: Path, recursive: bool) -> list[Path]:
+    it = d.rglob("*") if recursive else d.glob("*")
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in _SUFFIXES)
+
+
+def find_frames_dataset(f: h5py.File, data_path: str | None = None) -> h5py.Dataset:
+    """The ``(n, H, W)`` frames of an open file.
+
+    ``data_path`` if given; else ``/entry_1/data_1/data`` if it is a 3-D dataset; else the first
+    3-D numeric dataset found walking the file.
+
+    Raises
+    ------
+    ValueError
+        Nothing suitable; the message names the file and lists the datasets seen.
+    """
+    name = f.filename
+    if data_path:
+        obj = f.get(data_path)
+        if obj is None:
+            raise ValueError(f"{name} has no dataset {data_path!r}")
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 3 or obj.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: {data_path!r} is not an (n, H, W) numeric dataset "
+                             f"(shape {getattr(obj, 'shape', None)})")
+        return obj
+    obj = f.get(DEFAULT_DATA_PATH)
+    if isinstance(obj, h5py.Dataset) and obj.ndim == 3:
+        return obj
+    found: list[h5py.Dataset] = []
+    seen: list[str] = []
+
+    def visit(path, o):
+        if isinstance(o, h5py.Dataset):
+            seen.append(f"/{path} {o.shape}")
+            if o.ndim == 3 and o.dtype.kind in "biuf" and not found:
+                found.append(o)
+
+    f.visititems(visit)
+    if not found:
+        listing = ", ".join(seen[:10]) or "none"
+        raise ValueError(f"{name} has no 3-D (n, H, W) dataset of frames; datasets: {listing}. "
+                         "Give data_path=...")
+    return found[0]
+
+
+def _read_external_mask(spec: str) -> np.ndarray:
+    if ".h5:" in spec or ".cxi:" in spec or ".hdf5:" in spec:
+        file, _, inner = spec.rpartition(":")
+        with h5py.File(file, "r") as f:
+            if inner not in f:
+                raise ValueError(f"mask file {file} has no dataset {inner!r}")
+            return np.asarray(f[inner][()])
+    if spec.endswith(".npy"):
+        return np.load(spec, allow_pickle=False)
+    raise ValueError(f"mask_file must be a .npy file or 'file.h5:/dataset'; got {spec!r}")
+
+
+def _file_mask(f: h5py.File, mask_path: str | None) -> np.ndarray | None:
+    paths = [mask_path] if mask_path else ["/entry_1/data_1/mask", "/entry_1/instrument_1/detector_1/mask"]
+    for p in paths:
+        obj = f.get(p)
+        if obj is None:
+            continue
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 2 or obj.dtype.kind not in "biu":
+            raise ValueError(f"{f.filename}: mask {p!r} must be a 2-D integer dataset")
+        return np.asarray(obj[()])
+    if mask_path:
+        raise ValueError(f"{f.filename} has no mask dataset {mask_path!r}")
+    return None
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        try:
+            return h5py.File(path, "r", locking=False)
+        except TypeError:
+            return h5py.File(path, "r")
+    except OSError as exc:
+        raise OSError(f"cannot open {path} as HDF5 (truncated or not HDF5?): {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- outputs
+class _Writer:
+    """Streams rows into the .h5 and .csv temporaries; :meth:`commit` renames them."""
+
+    def __init__(self, out_dir: Path, name: str, clf, files: list[Path], write_csv: bool):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.h5_path = out_dir / f"{name}.h5"
+        self.csv_path = out_dir / f"{name}.csv" if write_csv else None
+        self.h5_tmp = out_dir / f"{name}.h5.{tag}.tmp"
+        self.csv_tmp = out_dir / f"{name}.csv.{tag}.tmp" if write_csv else None
+        self.classes = [str(c) for c in clf.classes_.tolist()]
+        c = len(self.classes)
+        self.str_labels = clf._label_kind_ == "str"
+        self.n = 0
+        self.h5 = h5py.File(self.h5_tmp, "w")
+        self.h5.create_dataset("files", data=np.array([str(p) for p in files], dtype=object),
+                               dtype=h5py.string_dtype())
+        g = self.h5.create_group("predictions")
+        chunk = 4096
+
+        def ds(key, dtype, width=None):
+            shape = (0,) if width is None else (0, width)
+            return g.create_dataset(key, shape=shape, maxshape=(None,) + shape[1:], dtype=dtype,
+                                    chunks=(chunk,) + shape[1:])
+
+        self.ds = {
+            "file_index": ds("file_index", np.int32),
+            "frame_index": ds("frame_index", np.int64),
+            "label": ds("label", h5py.string_dtype() if self.str_labels else np.int64),
+            "code": ds("code", np.int64),
+            "distances": ds("distances", np.float32, c),
+            "probabilities": ds("probabilities", np.float32, c),
+        }
+        self.csv_file = None
+        if write_csv:
+            self.csv_file = open(self.csv_tmp, "w", newline="")
+            self.csv = csv.writer(self.csv_file)
+            self.csv.writerow(["file", "frame", "prediction"] + [f"distance_{n}" for n in self.classes]
+                              + [f"proba_{n}" for n in self.classes])
+
+    def append(self, file_index: int, path: Path, frame0: int, res) -> None:
+        m = res.codes.shape[0]
+        frames = np.arange(frame0, frame0 + m, dtype=np.int64)
+        labels = (np.array([str(v) for v in res.labels], dtype=object) if self.str_labels
+                  else res.labels.astype(np.int64))
+        cols = {"file_index": np.full(m, file_index, np.int32), "frame_index": frames, "label": labels,
+                "code": res.codes, "distances": res.distances.astype(np.float32),
+                "probabilities": res.proba.astype(np.float32)}
+        for key, d in self.ds.items():
+            d.resize(self.n + m, axis=0)
+            d[self.n:self.n + m] = cols[key]
+        self.n += m
+        if self.csv_file is not None:
+            name = str(path)
+            for i in range(m):
+                self.csv.writerow([name, int(frames[i]), res.labels[i]]
+                                  + [f"{v:.6g}" for v in res.distances[i]]
+                                  + [f"{v:.6g}" for v in res.proba[i]])
+
+    def commit(self, attrs: Mapping[str, Any]) -> None:
+        for key, value in attrs.items():
+            self.h5.attrs[key] = value
+        self.h5.flush()
+        self.h5.close()
+        os.replace(self.h5_tmp, self.h5_path)
+        if self.csv_file is not None:
+            self.csv_file.flush()
+            os.fsync(self.csv_file.fileno())
+            self.csv_file.close()
+            os.replace(self.csv_tmp, self.csv_path)
+
+    def abort(self) -> None:
+        try:
+            self.h5.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.csv_file is not None:
+            self.csv_file.close()
+        for p in (self.h5_tmp, self.csv_tmp):
+            if p is not None:
+                Path(p).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- the run
+def run_classify(cfg: Mapping[str, Any]) -> dict:
+    """Classify the frames of the input files (the work of ``speckle-embed classify``).
+
+    Parameters
+    ----------
+    cfg : mapping
+        Keys of ``conf/classify.yaml`` (plain dict or DictConfig); missing optional keys take
+        their defaults.
+
+    Returns
+    -------
+    dict
+        ``n_frames``, ``counts`` (label -> frames), ``h5``, ``csv`` (paths or None),
+        ``seconds``, ``patterns_per_s``, ``files``.
+    """
+    from speckle_embed.classifier import FewShotClassifier
+
+    get = (lambda k, d=None: cfg.get(k, d))
+    if not get("classifier"):
+        raise ValueError("classifier=<directory of a saved FewShotClassifier> is required")
+    if not get("inputs"):
+        raise ValueError("inputs=[file, directory or glob, ...] is required")
+    files = resolve_inputs(list(get("inputs")) if not isinstance(get("inputs"), str) else get("inputs"),
+                           recursive=bool(get("recursive", False)))
+    if get("threads"):
+        import torch
+
+        torch.set_num_threads(int(get("threads")))
+    clf = FewShotClassifier.load(get("classifier"), device=get("device", "auto"))
+    emb = clf.embedder
+    emb.batch_size = int(get("batch_size", emb.batch_size))
+    emb.precision = get("precision", "float32") or "float32"
+    if get("scale") is not None:
+        s = get("scale")
+        clf.scale = s if isinstance(s, str) else float(s)
+    if get("center") is not None:
+        c = get("center")
+        clf.center = c if isinstance(c, str) else tuple(float(v) for v in c)
+    chunk = int(get("chunk_size", 1024))
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk}")
+    extra_mask = _read_external_mask(str(get("mask_file"))) if get("mask_file") else None
+
+    # pass 1: frame counts (cheap, metadata only) for the progress bar
+    plan = []
+    for p in files:
+        with _open(p) as f:
+            ds = find_frames_dataset(f, get("data_path"))
+            plan.append((p, ds.name, int(ds.shape[0])))
+    total = sum(n for _, _, n in plan)
+
+    writer = _Writer(Path(get("output_dir", "classify_out")), str(get("output_name", "predictions")),
+                     clf, files, bool(get("write_csv", True)))
+    counts: Counter = Counter()
+    bar = None
+    if get("progress", True):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="pattern", unit_scale=True, desc="classify", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for fi, (p, dpath, n) in enumerate(plan):
+            with _open(p) as f:
+                ds = f[dpath]
+                mask = _file_mask(f, get("mask_path")) if get("use_file_mask", True) else None
+                if extra_mask is not None:
+                    if extra_mask.shape != tuple(ds.shape[1:]):
+                        raise ValueError(f"mask_file has shape {extra_mask.shape} but {p} has frames of "
+                                         f"{tuple(ds.shape[1:])}")
+                    mask = (extra_mask != 0) if mask is None else ((mask != 0) | (extra_mask != 0))
+                for start in range(0, n, chunk):
+                    stop = min(start + chunk, n)
+                    frames = ds[start:stop]
+                    try:
+                        res = clf.classify(frames, mask)
+                    except ValueError as exc:
+                        raise ValueError(f"{p} frames {start}:{stop}: {exc}") from exc
+                    writer.append(fi, p, start, res)
+                    counts.update(res.labels.tolist())
+                    if bar is not None:
+                        bar.update(stop - start)
+        seconds = time.perf_counter() - t0
+        writer.commit({
+            "class_names": json.dumps(writer.classes),
+            "rule": str(clf.rule),
+            "temperature": float(clf._temperature()),
+            "threshold": np.nan if clf.threshold_ is None else float(clf.threshold_),
+            "classifier": str(Path(get("classifier")).absolute()),
+            "checkpoint_hash": str(clf.checkpoint_hash_),
+            "data_paths": json.dumps([d for _, d, _ in plan]),
+            "n_frames": int(total),
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"n_frames": int(total), "counts": dict(counts), "h5": writer.h5_path,
+            "csv": writer.csv_path, "seconds": seconds,
+            "patterns_per_s": total / seconds if seconds > 0 else float("inf"),
+            "files": [str(p) for p in files]}
+
+
+# ----------------------------------------------------------------------------- entry point
+_USAGE = """usage: speckle-embed classify classifier=DIR inputs=[PATH,...] [key=value ...]
+
+Classify every frame of HDF5/CXI files with a FewShotClassifier saved by clf.save(DIR).
+Keys (conf/classify.yaml), as Hydra overrides:
+"""
+
+
+def classify_main(argv: list[str] | None = None) -> int:
+    """Compose ``conf/classify.yaml`` with Hydra overrides ``argv`` and run :func:`run_classify`.
+
+    ``--help`` prints the keys, ``--cfg`` the composed configuration. Returns the exit status.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_cfg = "--cfg" in argv or "-c" in argv
+    if "-h" in argv or "--help" in argv:
+        print(_USAGE + (Path(CONFIG_DIR) / "classify.yaml").read_text())
+        return 0
+    overrides = [a for a in argv if a not in ("--cfg", "-c")]
+    bad = [a for a in overrides if a.startswith("-")]
+    if bad:
+        print(f"speckle-embed classify: unknown option {bad[0]} (use key=value overrides; --help)",
+              file=sys.stderr)
+        return 2
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="classify"):
+            cfg = compose(config_name="classify", overrides=overrides)
+    except HydraException as exc:
+        print(f"speckle-embed classify: {exc}", file=sys.stderr)
+        return 2
+    if show_cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        print(f"speckle-embed classify: missing value: {exc.full_key} (give {exc.full_key}=...; see --help)",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = run_classify(plain)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        if os.environ.get("SPECKLE_EMBED_DEBUG"):
+            raise
+        print(f"speckle-embed classify: error: {exc}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items(), key=lambda kv: str(kv[0])))
+    print(f"classified {summary['n_frames']} frames from {len(summary['files'])} file(s) in "
+          f"{summary['seconds']:.1f} s ({summary['patterns_per_s']:.0f} patterns/s)\n"
+          f"  {counts}\n  -> {summary['h5']}" + (f"\n  -> {summary['csv']}" if summary["csv"] else ""))
+    return 0
