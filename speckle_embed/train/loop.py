@@ -342,7 +342,7 @@ class _Trainer:
                 "config": self.config_dict, "config_yaml": _yaml(self.config_dict),
                 "metrics": metrics or {}, "train_structures": list(self.data.train_structures),
                 "val_structures": list(self.data.val_structures),
-                "torch_version": torch.__version__,
+                "torch_version": str(torch.__version__),
             },
         }
 

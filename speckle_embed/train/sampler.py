@@ -26,8 +26,8 @@ class PKSampler(Sampler[list[int]]):
 
     Within an epoch the groups are visited in shuffled rounds (every eligible group once per
     round, so rare groups are not starved) and each group's frames in a shuffled cycle (every
-    frame of a group once before any repeats). A group with fewer than ``K`` frames repeats
-    frames inside a batch. If the ``P`` groups of a batch happen to share one hit label (no
+    frame of a group once before any repeats); a batch never holds a frame twice unless its
+    group has fewer than ``K`` frames. If the ``P`` groups of a batch happen to share one hit label (no
     negatives for the mining rule) and other hit labels exist, the last group is swapped for
     one with another hit label.
 
@@ -166,8 +166,10 @@ class PKSampler(Sampler[list[int]]):
                 members = self.group_members[g]
                 take = []
                 while len(take) < self.k:
-                    if cursors[g] >= members.size:
-                        orders[g] = rng.permutation(members.size)
+                    if cursors[g] >= members.size:  # new cycle; frames of this batch go last
+                        order = rng.permutation(members.size)
+                        used = np.isin(order, take)
+                        orders[g] = np.concatenate([order[~used], order[used]])
                         cursors[g] = 0
                     n = min(self.k - len(take), members.size - cursors[g])
                     take.extend(orders[g][cursors[g]:cursors[g] + n].tolist())
