@@ -331,6 +331,8 @@ class SpeckleAugment(nn.Module):
                  center=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Resample the ``out_size`` window about the (shifted) beam centre.
 
+        ``x`` must be 0 at the ``bad`` pixels (as :meth:`forward` makes it).
+
         Output pixel at offset ``d`` (row, col) from the window centre takes the input at
         ``center + shift + M(angle) d / zoom`` with ``M = [[cos, sin], [-sin, cos]]``; an
         angle of +90 degrees equals ``torch.rot90(x, 1, (-2, -1))`` on a square frame.
@@ -357,8 +359,9 @@ class SpeckleAugment(nn.Module):
         rows = cy + shift[:, 0, None, None] + (cos * dy + sin * dx) * inv
         cols = cx + shift[:, 1, None, None] + (-sin * dy + cos * dx) * inv
         grid = torch.stack([cols / max(w - 1, 1) * 2 - 1, rows / max(h - 1, 1) * 2 - 1], -1).to(x.dtype)
-        good = (~bad).to(x.dtype)
-        data = torch.stack([x * good, good], 1)
+        data = torch.empty((n, 2, h, w), device=dev, dtype=x.dtype)
+        data[:, 0] = x  # already 0 at bad pixels
+        data[:, 1] = ~bad
         mode = self.config.interpolation
         res = F.grid_sample(data, grid, mode=mode, padding_mode="zeros", align_corners=True)
         weight = res[:, 1]
@@ -446,34 +449,61 @@ def thin_photons(x: torch.Tensor, factor: torch.Tensor, *, generator=None) -> to
 
     ``x = n + r`` with ``n = round(max(x, 0))`` photons and ``r`` the read-noise residual;
     the result is ``Binomial(n, f) + r`` for ``f < 1`` (exact for Poisson counts), ``n f + r``
-    for ``f >= 1``, ``x`` unchanged for ``f == 1``. Only non-zero pixels of thinned frames are
-    sampled (frames are sparse).
+    for ``f > 1``, ``x`` unchanged for ``f == 1``. Only the changed frames are processed, and
+    only their non-zero pixels sampled (frames are sparse).
     """
-    if x.shape[0] == 0:
+    sel = torch.nonzero(factor != 1)[:, 0]
+    if sel.numel() == 0:
         return x
-    f = factor.to(x.dtype)
-    changed = f != 1
-    if not bool(changed.any()):
-        return x
-    photons = torch.round(x.clamp_min(0))
-    resid = x - photons
-    f_px = f[:, None, None].expand_as(x)
-    out = torch.where((f > 1)[:, None, None], photons * f_px, photons)
-    thin = (f < 1)[:, None, None] & (photons > 0)
+    xs = x.index_select(0, sel)
+    f = factor.to(x.dtype)[sel][:, None, None].expand_as(xs)
+    photons = torch.round(xs.clamp_min(0))
+    resid = xs - photons
+    out = torch.where(f > 1, photons * f, photons)
+    thin = (f < 1) & (photons > 0)
     if bool(thin.any()):
-        out[thin] = binomial(photons[thin], f_px[thin], generator=generator)
-    return torch.where(changed[:, None, None], out + resid, x)
+        out[thin] = binomial(photons[thin], f[thin], generator=generator)
+    return x.index_copy(0, sel, out + resid)
 
 
-_SMALL_COUNT = 32
+_SMALL_COUNT = 64
+
+
+def _inverse_cdf_count(u: torch.Tensor, pmf: torch.Tensor, step, aux: dict, max_k: int,
+                       limit: str | None = None) -> torch.Tensor:
+    """Smallest ``k`` with ``u <= P(X <= k)`` for 1-D tensors, walking the pmf.
+
+    ``pmf`` is ``P(X = 0)``; ``pmf_{k+1} = pmf_k * step(k, aux)`` where ``aux`` holds per-element
+    parameters; ``aux[limit]`` (if given) caps ``X``. Elements drop out as soon as their ``k`` is
+    found (most pixels hold 0-3 photons), so the work is about ``E[X]`` passes over the data
+    instead of ``max_k``.
+    """
+    out = torch.zeros_like(u)
+    idx = torch.arange(u.numel(), device=u.device)
+    cdf = pmf.clone()
+    for k in range(max_k):
+        more = u > cdf
+        if limit is not None:
+            more &= aux[limit] > k
+        keep = torch.nonzero(more)[:, 0]
+        if keep.numel() == 0:
+            break
+        if keep.numel() < idx.numel():
+            idx, u, pmf, cdf = idx[keep], u[keep], pmf[keep], cdf[keep]
+            aux = {key: v[keep] for key, v in aux.items()}
+        out.index_add_(0, idx, torch.ones_like(u))
+        pmf = pmf * step(k, aux)
+        cdf = cdf + pmf
+    return out
 
 
 def binomial(counts: torch.Tensor, probs: torch.Tensor, *, generator=None) -> torch.Tensor:
     """``Binomial(counts, probs)`` samples (float tensors of one shape, ``0 <= probs < 1``).
 
-    Counts up to 32 (almost every pixel of a diffraction frame) use the inverse CDF with one
-    uniform number each, vectorised (for ``p > 1/2`` the failures are sampled); larger counts use :func:`torch.binomial`. Exact in both
-    branches; much faster than :func:`torch.binomial` alone on CPU.
+    Counts up to 64 (almost every pixel of a diffraction frame) use the inverse CDF with one
+    uniform number each, vectorised (for ``p > 1/2`` the failures are sampled); larger counts
+    use :func:`torch.binomial`. Exact in both branches; much faster than
+    :func:`torch.binomial` alone on CPU.
     """
     out = torch.zeros_like(counts)
     small = counts <= _SMALL_COUNT
@@ -484,14 +514,8 @@ def binomial(counts: torch.Tensor, probs: torch.Tensor, *, generator=None) -> to
         p = torch.where(flip, 1.0 - p, p)
         q = 1.0 - p
         ratio = p / q
-        pmf = q.pow(n)  # P(k = 0)
-        cdf = pmf.clone()
-        k_out = torch.zeros_like(n)
-        kmax = int(n.max())
-        for k in range(kmax):
-            k_out += (u > cdf) & (k < n)  # u beyond P(X <= k) -> X > k
-            pmf = pmf * ((n - k) / (k + 1)) * ratio
-            cdf = cdf + pmf
+        k_out = _inverse_cdf_count(u, q.pow(n), lambda k, a: (a["n"] - k) / (k + 1) * a["ratio"],
+                                   {"n": n, "ratio": ratio}, int(n.max()), limit="n")
         out[small] = torch.where(flip, n - k_out, k_out)
     large = ~small
     if bool(large.any()):
@@ -502,20 +526,14 @@ def binomial(counts: torch.Tensor, probs: torch.Tensor, *, generator=None) -> to
 def poisson_background(rate: torch.Tensor, shape, *, generator=None) -> torch.Tensor:
     """``Poisson(rate[i])`` photons in every pixel of ``len(rate)`` frames of ``shape``.
 
-    Rates up to 1 use the inverse CDF (16 terms, truncation error < 1e-13), others
+    Rates up to 1 use the inverse CDF (at most 16 terms, truncation error < 1e-13), others
     :func:`torch.poisson`.
     """
     m = rate.shape[0]
     full = (m, *shape)
     if bool((rate > 1).any()):
         return torch.poisson(rate[:, None, None].expand(full).contiguous(), generator=generator)
-    u = torch.rand(full, generator=generator, device=rate.device, dtype=rate.dtype)
-    lam = rate[:, None, None]
-    pmf = torch.exp(-lam).expand(full)
-    cdf = pmf
-    out = torch.zeros(full, device=rate.device, dtype=rate.dtype)
-    for k in range(16):
-        out += u > cdf
-        pmf = pmf * lam / (k + 1)
-        cdf = cdf + pmf
-    return out
+    u = torch.rand(full, generator=generator, device=rate.device, dtype=rate.dtype).reshape(-1)
+    lam = rate[:, None, None].expand(full).reshape(-1)
+    out = _inverse_cdf_count(u, torch.exp(-lam), lambda k, a: a["lam"] / (k + 1), {"lam": lam}, 16)
+    return out.reshape(full)
