@@ -84,6 +84,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from speckle_embed.classifier import NotFittedError
 from speckle_embed.data.h5dataset import HIT_CLASSES
@@ -462,7 +463,8 @@ class SupervisedHead:
     device : str, default "auto"
         ``"auto"`` = CUDA when available.
     seed : int, default 0
-        Model initialisation, batch sampling, augmentation, dropout.
+        Model initialisation, batch sampling, augmentation, dropout (the global torch RNG is
+        left untouched). Bit-reproducible on the CPU; on CUDA up to cuDNN's nondeterminism.
     progress : bool, default True
         tqdm progress bar during ``fit``.
 
@@ -611,8 +613,8 @@ class SupervisedHead:
         weights = self.class_weights if self.class_weights is not None else recipe["class_weights"]
         if weights is not None:
             weights = [float(w) for w in weights]
-            if len(weights) != n_classes or min(weights) < 0 or sum(weights) <= 0:
-                raise ValueError(f"class_weights must be {n_classes} non-negative numbers (classes_ order); "
+            if len(weights) != n_classes or not all(w > 0 and math.isfinite(w) for w in weights):
+                raise ValueError(f"class_weights must be {n_classes} positive numbers (classes_ order); "
                                  f"got {weights}")
         return (None if fraction is None else float(fraction)), weights
 
@@ -640,9 +642,7 @@ class SupervisedHead:
 
     def _encode_with(self, labels: np.ndarray, kind: str, classes: np.ndarray, what: str) -> np.ndarray:
         """Integer codes (positions in ``classes``) of raw labels."""
-        if self.binary:
-            if kind != self._label_kind_:
-                raise ValueError(f"{what} are {kind}s but the head was fitted on {self._label_kind_} labels")
+        if self.binary:  # codes or names both work: the positive class is looked up in either
             value, _ = self._positive_name(kind)
             if kind == "str":
                 return np.array([_norm_name(v) == value for v in labels.tolist()], dtype=np.int64)
@@ -805,6 +805,7 @@ class SupervisedHead:
         frames = _frames_array(X)
         classes, codes, kind = self._fit_labels(y, frames.shape[0])
         self._check_classes(classes, codes)
+        self._resolve_sampling(len(classes))  # fail fast on recipe / weights errors
         device = _resolve_device(self.device)
         self.device_ = device
         # geometry from a throwaway model (built again, seeded, in _fit_inputs)
@@ -846,8 +847,6 @@ class SupervisedHead:
         cuda_devices = [device] if device.type == "cuda" else []
         history: list[dict] = []
         best_state, best_score, best_epoch = None, None, None
-        from tqdm.auto import tqdm
-
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(int(self.seed))
             model = self._build_model(n_classes).to(device)
