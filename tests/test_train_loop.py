@@ -154,7 +154,9 @@ def test_kill_and_resume_gives_identical_weights(data_dir, tmp_path):
         train(cfg, callbacks=[interrupt_at(5)])
     assert load_checkpoint(run / "last.pt")["training"]["step"] == 4
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 1
+    (run / "last.pt.999-deadbeef.tmp").write_bytes(b"partial write of a killed run")
     res = train(cfg)
+    assert not list(run.glob("*.tmp"))
     assert res.resumed_from == run / "last.pt" and res.global_step == 6
     a, b = _weights(tmp_path / "ref" / "last.pt"), _weights(run / "last.pt")
     for k in a:
@@ -260,3 +262,19 @@ def test_cli_entry_point(data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
     assert (run / ".hydra" / "config.yaml").is_file()
+
+
+def test_generate_if_missing_simulates_a_dataset(tmp_path):
+    pytest.importorskip("finufft")
+    pytest.importorskip("gemmi")
+    data = tmp_path / "sim"
+    n_pix = 40
+    cfg = compose_cfg(data, tmp_path / "run", epochs=1, steps_per_epoch=2, **{
+        "data.generate_if_missing": True,
+        "data.generate.source": "{kind: procedural, n_structures: 3, seed: 0, n_atoms_min: 1500, n_atoms_max: 2000}",
+        "data.generate.geometry.n_pixels": n_pix, "data.generate.geometry.detector_side_m": 0.1 * n_pix / 172,
+        "data.generate.geometry.beamstop_px": "[2,2]", "data.generate.geometry.gap_px": 1,
+        "data.generate.n_frames": 12, "data.generate.chunk": 12, "data.generate.threads": 1})
+    result = train(cfg)
+    assert len(list(data.glob("*.h5"))) == 3
+    assert result.global_step == 2 and (tmp_path / "run" / "best.pt").is_file()

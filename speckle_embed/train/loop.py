@@ -193,6 +193,17 @@ class _Prefetcher:
         self.reader.close()
 
 
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporaries of atomic writes left by a killed run (``<name>.<pid>-<hex>.tmp``)."""
+    stems = (LAST_NAME, BEST_NAME, METRICS_NAME, Path(CURVE_NAME).stem)
+    for p in run_dir.iterdir():
+        if ".tmp" in p.name and p.name.startswith(stems) and p.is_file():
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
 def _write_metrics_csv(history: list[dict], path: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -238,6 +249,7 @@ class _Trainer:
         self.callbacks = list(callbacks)
         self.run_dir = Path(cfg.run_dir).expanduser().resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.run_dir)
         self.base_dir = Path(cfg.base_dir).expanduser() if cfg.base_dir else Path.cwd()
         self.device = _resolve_device(cfg.device)
         if cfg.threads:
