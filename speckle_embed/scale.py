@@ -263,12 +263,18 @@ def estimate_scale(frames: Any, reference_speckle_px: float, mask: Any = None, *
     float
         ``reference_scale * speckle_size(frames) / reference_speckle_px``: with it, a speckle
         spans as many model pixels as it did in training.
+
+    Raises
+    ------
+    ValueError
+        Bad reference, or no speckle below 1 pixel could be measured (noise-only frames).
     """
     if reference_speckle_px is None or not np.isfinite(reference_speckle_px) or reference_speckle_px <= 0:
         raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
     measured = speckle_size(frames, mask, center=center, max_frames=max_frames)
-    if not np.isfinite(measured) or measured <= 0:
-        raise ValueError(f"could not measure the speckle size of these frames (got {measured})")
+    if not np.isfinite(measured) or measured < 1.0:
+        raise ValueError(f"these frames show no resolvable speckle (measured size {measured:.3g} px < 1 px: "
+                         "shot noise only, e.g. no-hit frames?); pass scale= explicitly")
     return float(reference_scale) * measured / float(reference_speckle_px)
 
 

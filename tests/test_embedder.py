@@ -250,3 +250,9 @@ def test_estimate_center_friedel(blobs):
     assert abs(cy - 61) < 0.5 and abs(cx - 69) < 0.5
     emb = SpeckleEmbedder.random_init(model=SMALL, device="cpu")
     np.testing.assert_allclose(emb.embed(f, mask, center="auto"), emb.embed(f, mask, center=(cy, cx)), atol=1e-6)
+
+
+def test_auto_scale_refuses_noise_only_frames():
+    noise = np.random.default_rng(0).poisson(5, (8, 128, 128)).astype(np.uint16)
+    with pytest.raises(ValueError, match="no resolvable speckle"):
+        estimate_scale(noise, 4.0)
