@@ -267,7 +267,7 @@ def estimate_scale(frames: Any, reference_speckle_px: float, mask: Any = None, *
     Raises
     ------
     ValueError
-        Bad reference, or no speckle below 1 pixel could be measured (noise-only frames).
+        Bad reference, or the frames show no speckle of at least 1 pixel (noise-only frames).
     """
     if reference_speckle_px is None or not np.isfinite(reference_speckle_px) or reference_speckle_px <= 0:
         raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
