@@ -21,6 +21,13 @@ _EXPORTS = {
     "SpeckleEmbedder": "speckle_embed.embedder",
     "FewShotClassifier": "speckle_embed.classifier",
     "load_pretrained": "speckle_embed.pretrained",
+    "CheckpointError": "speckle_embed.embedder",
+    "NotFittedError": "speckle_embed.classifier",
+    "ClassifierFileError": "speckle_embed.classifier",
+    "speckle_size": "speckle_embed.scale",
+    "estimate_scale": "speckle_embed.scale",
+    "estimate_center": "speckle_embed.scale",
+    "geometric_scale": "speckle_embed.scale",
     # building blocks
     "Preprocessing": "speckle_embed.preprocess",
     "preprocess": "speckle_embed.preprocess",
