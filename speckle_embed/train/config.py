@@ -94,7 +94,7 @@ class LossConfig:
     ``batch_all`` (``active_only`` applies). ``margin`` is in squared-L2 units of unit-norm
     embeddings (distances in [0, 4]).
     """
-    margin: float = 0.5
+    margin: float = 0.1
     miner: str = "semihard"
     select: str = "random"
     fallback: str = "hardest"
