@@ -17,11 +17,18 @@ Examples
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+"""Absolute path of the repository's ``conf/`` (``../../conf`` from this file). Absolute, so the
+entry point also works when called from a console script or another CLI (a relative
+``config_path`` is then resolved by Hydra as a package and fails)."""
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     """Compose the configuration and train."""
     from hydra.core.hydra_config import HydraConfig
