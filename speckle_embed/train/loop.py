@@ -213,7 +213,7 @@ def _write_metrics_csv(history: list[dict], path: Path) -> None:
     atomic_write_text(buf.getvalue(), path)
 
 
-def plot_learning_curve(history: list[dict], path) -> Path:
+def plot_learning_curve(history: list[dict], path, episodes: str = "2-way 5-shot") -> Path:
     """Loss, active-triplet fraction and validation accuracy vs epoch (matplotlib Agg)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -223,7 +223,7 @@ def plot_learning_curve(history: list[dict], path) -> Path:
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     panels = [("loss", "training loss"), ("active_fraction", "active triplets"),
-              ("val_accuracy", "validation accuracy (2-way 5-shot)")]
+              ("val_accuracy", f"validation accuracy ({episodes})")]
     for ax, (key, title) in zip(axes, panels):
         ys = [r.get(key, float("nan")) for r in history]
         ax.plot(epochs, ys, "o-", ms=3)
@@ -529,7 +529,8 @@ class _Trainer:
                 bar.close()
                 self._end_epoch(writer)
             if self.history:
-                plot_learning_curve(self.history, self.run_dir / CURVE_NAME)
+                ev = cfg.eval
+                plot_learning_curve(self.history, self.run_dir / CURVE_NAME, f"{ev.n_way}-way {ev.k_shot}-shot")
         finally:
             prefetch.close()
             if writer is not None:
