@@ -46,7 +46,7 @@ from speckle_embed.preprocess import Preprocessing, preprocess
 from .augment import SpeckleAugment
 from .checkpoint import (CHECKPOINT_FORMAT, atomic_torch_save, atomic_write_text, get_rng_states,
                          load_checkpoint, set_rng_states)
-from .config import TrainConfig, to_plain
+from .config import TrainConfig
 from .data import TrainData, build_train_data
 from .sampler import PKSampler
 
