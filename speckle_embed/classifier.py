@@ -27,13 +27,13 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from speckle_embed.atomic import build_directory_atomically
 from speckle_embed.embedder import SpeckleEmbedder, file_hash
 from speckle_embed.fewshot_rules import (
     RULES,
@@ -530,12 +530,9 @@ class FewShotClassifier:
             if any(directory.iterdir()) and not (directory / _JSON).exists():
                 raise FileExistsError(f"refusing to overwrite {directory}: a non-empty directory that "
                                       "does not hold a saved FewShotClassifier")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-        tmp = directory.with_name(f"{directory.name}.{tag}.tmp")
-        tmp.mkdir()
         emb = self.embedder
-        try:
+
+        def write(tmp: Path) -> None:
             self.index_.save(tmp / _INDEX)
             src = emb.checkpoint_path
             if (emb.checkpoint_hash is not None and src is not None and Path(src).is_file()
@@ -573,17 +570,8 @@ class FewShotClassifier:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            if directory.exists():
-                old = directory.with_name(f"{directory.name}.{tag}.old.tmp")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+
+        return build_directory_atomically(directory, write)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, embedder: SpeckleEmbedder | None = None, *,

@@ -50,7 +50,6 @@ import io
 import math
 import os
 import pickle
-import secrets
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -61,6 +60,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from speckle_embed.atomic import write_bytes_atomically
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
 
@@ -85,22 +85,8 @@ def file_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomically(data, path)
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

@@ -73,7 +73,6 @@ import json
 import math
 import numbers
 import os
-import secrets
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -86,6 +85,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from speckle_embed.atomic import build_directory_atomically
 from speckle_embed.classifier import NotFittedError
 from speckle_embed.data.h5dataset import HIT_CLASSES
 from speckle_embed.models import MODEL_REGISTRY, build_model, model_config
@@ -369,22 +369,7 @@ def _atomic_dir(directory, marker: str, write) -> Path:
             raise FileExistsError(f"refusing to overwrite {directory}: a non-empty directory that does "
                                   f"not hold a saved head ({marker} missing)")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = directory.with_name(f"{directory.name}.{tag}.tmp")
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if directory.exists():
-            old = directory.with_name(f"{directory.name}.{tag}.old.tmp")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return build_directory_atomically(directory, write)
 
 
 def _write_json(path: Path, obj: dict) -> None:

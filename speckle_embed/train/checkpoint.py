@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from speckle_embed.atomic import replace_atomically
 from speckle_embed.models import build_model
 from speckle_embed.preprocess import Preprocessing
 
@@ -34,41 +34,18 @@ __all__ = [
 CHECKPOINT_FORMAT = "speckle_embed-checkpoint-1"
 
 
-def _tmp_path(final: Path) -> Path:
-    return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
-def _replace_atomically(write, final: Path) -> Path:
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(final)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return final
-
-
 def atomic_torch_save(obj: Any, path) -> Path:
     """``torch.save`` to ``<name>.<pid>-<hex>.tmp``, fsync, then ``os.replace`` onto ``path``.
 
     A reader (or a resumed run) sees either the previous complete file or the new one,
     whenever the process is killed.
     """
-    return _replace_atomically(lambda f: torch.save(obj, f), Path(path))
+    return replace_atomically(lambda f: torch.save(obj, f), Path(path))
 
 
 def atomic_write_text(text: str, path) -> Path:
     """Write a text file atomically (same scheme as :func:`atomic_torch_save`)."""
-    return _replace_atomically(lambda f: f.write(text.encode("utf-8")), Path(path))
+    return replace_atomically(lambda f: f.write(text.encode("utf-8")), Path(path))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

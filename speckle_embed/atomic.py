@@ -1,0 +1,60 @@
+"""Atomic writes: a reader sees either the previous complete file (or directory) or the new one,
+whenever the writing process is killed. Temporary names end in ``.tmp`` (readers skip them)."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+
+def tmp_sibling(final: Path) -> Path:
+    """``<name>.<pid>-<hex>.tmp`` beside ``final``: unique per writer."""
+    final = Path(final)
+    return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def replace_atomically(write, final) -> Path:
+    """Call ``write(binary_file)`` on a temporary sibling, fsync, then ``os.replace`` onto ``final``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(final)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def write_bytes_atomically(data: bytes, final) -> Path:
+    """Write ``data`` to ``final`` atomically."""
+    return replace_atomically(lambda f: f.write(data), final)
+
+
+def build_directory_atomically(directory, write) -> Path:
+    """Build a directory in a ``.tmp`` sibling with ``write(tmp_dir)``, then swap it into place.
+
+    An existing ``directory`` is moved aside and removed only after the new one is in place.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(directory)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if directory.exists():
+            old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old.tmp")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
