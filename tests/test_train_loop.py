@@ -115,6 +115,8 @@ def test_smoke_train_through_hydra(data_dir, tmp_path):
     assert ckpt["format"] == CHECKPOINT_FORMAT
     assert set(ckpt) >= {"model", "state_dict", "preprocessing", "training"}
     assert ckpt["preprocessing"]["input_size"] == 24 and ckpt["model"]["input_size"] == [24, 24]
+    # the training frames' speckle size, for SpeckleEmbedder.embed(scale="auto")
+    assert ckpt["preprocessing"]["reference_speckle_px"] > 0
     t = ckpt["training"]
     assert t["val_structures"] and not set(t["val_structures"]) & set(t["train_structures"])
     assert "config_yaml" in t and t["seed"] == 0

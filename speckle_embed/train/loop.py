@@ -336,6 +336,29 @@ class _Trainer:
         reader.close()
         self.val_inputs = torch.cat(chunks)
 
+    def _reference_speckle(self) -> float | None:
+        """Speckle FWHM (training-detector pixels) of up to 64 training single hits.
+
+        Stored in checkpoints as ``preprocessing.reference_speckle_px`` so that
+        ``SpeckleEmbedder.embed(..., scale="auto")`` can match foreign detectors to it.
+        """
+        if not hasattr(self, "_reference_speckle_px"):
+            from speckle_embed.scale import speckle_size
+
+            idx = self.data.train_idx[self.data.train_hit == 1]
+            idx = (idx if idx.size else self.data.train_idx)[:: max(1, idx.size // 64)][:64]
+            value = None
+            if idx.size:
+                reader = self.data.reader()
+                frames, bad = reader(np.sort(idx))
+                reader.close()
+                try:
+                    value = float(speckle_size(frames.numpy(), bad.numpy()))
+                except ValueError as exc:  # e.g. noise-only frames
+                    logger.warning("no reference speckle size for scale='auto': %s", exc)
+            self._reference_speckle_px = value
+        return self._reference_speckle_px
+
     @staticmethod
     def _new_accumulator() -> dict:
         return {"loss": 0.0, "active": 0.0, "triplets": 0.0, "semihard": 0.0, "pairs": 0.0, "steps": 0,
@@ -347,7 +370,7 @@ class _Trainer:
             "format": CHECKPOINT_FORMAT,
             "model": model_config(self.model),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-            "preprocessing": self.prep.to_dict(),
+            "preprocessing": {**self.prep.to_dict(), "reference_speckle_px": self._reference_speckle()},
             "training": {
                 "epoch": self.epoch, "position": self.position, "step": self.global_step,
                 "steps_per_epoch": self.steps_per_epoch, "seed": self.cfg.seed,
