@@ -32,6 +32,8 @@ _EXPORTS = {
     "Preprocessing": "speckle_embed.preprocess",
     "preprocess": "speckle_embed.preprocess",
     "SupportIndex": "speckle_embed.index",
+    "export_onnx": "speckle_embed.export",
+    "export_torchscript": "speckle_embed.export",
     "SpeckleNNEmbedding": "speckle_embed.models",
     "PreActResNetClassifier": "speckle_embed.models",
     "Shi2019CNN": "speckle_embed.models",
