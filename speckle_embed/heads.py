@@ -399,7 +399,25 @@ def _classes_array(values: list, kind: str) -> np.ndarray:
 
 
 # ============================================================================ SupervisedHead
-class SupervisedHead:
+class _ParamsMixin:
+    """scikit-learn's ``get_params`` / ``set_params`` over the names in ``_PARAMS``."""
+
+    _PARAMS: tuple = ()
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor parameters (as scikit-learn's ``get_params``)."""
+        return {p: getattr(self, p) for p in self._PARAMS}
+
+    def set_params(self, **params):
+        """Set constructor parameters; returns ``self`` (refit to apply)."""
+        for key, value in params.items():
+            if key not in self._PARAMS:
+                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}; valid: {self._PARAMS}")
+            setattr(self, key, value)
+        return self
+
+
+class SupervisedHead(_ParamsMixin):
     """A CNN classifier of diffraction frames trained on labelled frames.
 
     Parameters
@@ -525,19 +543,7 @@ class SupervisedHead:
         self.seed = seed
         self.progress = progress
 
-    # ------------------------------------------------------------------ sklearn plumbing
-    def get_params(self, deep: bool = True) -> dict:
-        """Constructor parameters (as scikit-learn's ``get_params``)."""
-        return {p: getattr(self, p) for p in self._PARAMS}
-
-    def set_params(self, **params) -> "SupervisedHead":
-        """Set constructor parameters; returns ``self`` (refit to apply)."""
-        for key, value in params.items():
-            if key not in self._PARAMS:
-                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}; valid: {self._PARAMS}")
-            setattr(self, key, value)
-        return self
-
+    # ------------------------------------------------------------------ plumbing
     def __repr__(self) -> str:
         name = self.model.get("name") if isinstance(self.model, Mapping) else type(self.model).__name__
         fitted = f"; classes {self.classes_.tolist()}" if self._is_fitted() else ""
@@ -1076,7 +1082,7 @@ class SupervisedHead:
 
 
 # ============================================================================ EnsembleHead
-class EnsembleHead:
+class EnsembleHead(_ParamsMixin):
     """Stratified k-fold cross-validation ensemble of :class:`SupervisedHead` models.
 
     Fold ``k``'s model trains on the other folds (validating, and picking its best epoch, on
@@ -1124,16 +1130,6 @@ class EnsembleHead:
         self.seed = seed
         self.progress = progress
 
-    def get_params(self, deep: bool = True) -> dict:
-        """Constructor parameters (as scikit-learn's ``get_params``)."""
-        return {p: getattr(self, p) for p in self._PARAMS}
-
-    def set_params(self, **params) -> "EnsembleHead":
-        for key, value in params.items():
-            if key not in self._PARAMS:
-                raise ValueError(f"invalid parameter {key!r} for EnsembleHead; valid: {self._PARAMS}")
-            setattr(self, key, value)
-        return self
 
     def __repr__(self) -> str:
         fitted = f"; {len(self.members_)} members" if self._is_fitted() else ""
