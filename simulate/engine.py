@@ -142,7 +142,6 @@ class ReciprocalVolume:
                 f"structure {structure.name!r}: diameter {diameter:.0f} A needs a {side}^3 "
                 f"reciprocal grid at oversampling {oversampling} (max {MAX_GRID_SIDE}); lower "
                 "the oversampling or the detector q-range")
-        self.structure_name = structure.name
         self.dq, self.half, self.side = dq, half, side
         k2 = (np.arange(-half, half + 1, dtype=np.float32) * np.float32(dq)) ** 2
         knorm = np.sqrt(k2[:, None, None] + k2[None, :, None] + k2[None, None, :])
@@ -172,6 +171,10 @@ class ReciprocalVolume:
         vol = np.ascontiguousarray(grid.transpose(2, 1, 0))
         del grid
         self.volume = torch.as_tensor(vol, device=device).reshape(-1)
+        # Flat-index offsets of the 8 voxels of a cell, ordered (dz, dy, dx).
+        self._corner_offsets = torch.tensor(
+            [dz * side * side + dy * side + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
+            dtype=torch.int32, device=device)
 
     @property
     def device(self):
@@ -179,6 +182,7 @@ class ReciprocalVolume:
 
     def to(self, device) -> "ReciprocalVolume":
         self.volume = self.volume.to(device)
+        self._corner_offsets = self._corner_offsets.to(device)
         return self
 
     def sample(self, q: torch.Tensor) -> torch.Tensor:
@@ -207,15 +211,6 @@ class ReciprocalVolume:
         v = v[..., 0] + (v[..., 1] - v[..., 0]) * frac[:, 1, None]
         v = v[..., 0] + (v[..., 1] - v[..., 0]) * frac[:, 2]
         return v.reshape(q.shape[:-1])
-
-    @property
-    def _corner_offsets(self) -> torch.Tensor:
-        """Flat-index offsets of the 8 voxels of a cell, ordered (dz, dy, dx)."""
-        if getattr(self, "_offsets", None) is None or self._offsets.device != self.volume.device:
-            s = self.side
-            self._offsets = torch.tensor([dz * s * s + dy * s + dx for dz in (0, 1) for dy in (0, 1)
-                                          for dx in (0, 1)], dtype=torch.int32, device=self.volume.device)
-        return self._offsets
 
 
 class PatternEngine:

@@ -233,7 +233,8 @@ class ShotGenerator:
         r0 = self.engine.structure.radius * rng.uniform(1.5, 4.0)
         axes = r0 * rng.uniform(0.7, 1.3, 3)
         rot = torch.as_tensor(quaternion_to_matrix(random_quaternions(1, rng))[0], device=q.device)
-        qb = q.to(torch.float64) @ rot                                   # (H, W, 3)
+        q = q.to(torch.float64)
+        qb = q @ rot                                                     # (H, W, 3)
         x = 2 * math.pi * torch.linalg.vector_norm(qb * torch.as_tensor(axes, device=q.device), dim=-1)
         x = x.clamp_min(1e-6)
         electrons = WATER_DENSITY * 4 / 3 * math.pi * float(np.prod(axes))
@@ -244,8 +245,9 @@ class ShotGenerator:
             u = u / torch.linalg.vector_norm(u)
             length = r0 * rng.uniform(4, 10)
             width = r0 * 0.1
-            along = math.pi * (q.to(torch.float64) @ u) * length
-            perp = torch.linalg.vector_norm(q.to(torch.float64) - (q.to(torch.float64) @ u)[..., None] * u, dim=-1)
+            q_along = q @ u
+            along = math.pi * q_along * length
+            perp = torch.linalg.vector_norm(q - q_along[..., None] * u, dim=-1)
             rod_e = WATER_DENSITY * math.pi * width ** 2 * length
             intensity = intensity + (rod_e * torch.sinc(along / math.pi)
                                      * torch.exp(-(math.pi * perp * width) ** 2)) ** 2

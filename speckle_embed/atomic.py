@@ -2,6 +2,7 @@
 whenever the writing process is killed. Temporary names end in ``.tmp`` (readers skip them)."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -58,3 +59,22 @@ def build_directory_atomically(directory, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def read_format_json(path, expected_format: str, error_cls: type, kind: str) -> dict:
+    """Read the JSON manifest of a saved directory and check its ``format`` field.
+
+    Raises ``FileNotFoundError`` if it is missing (naming ``kind``, e.g. "FewShotClassifier"),
+    ``error_cls`` if it is not valid JSON or has another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a saved {kind}: {path.name} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error_cls(f"{path} is corrupt (not valid JSON): {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != expected_format:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise error_cls(f"{path} has format {got!r}; expected {expected_format!r}")
+    return meta

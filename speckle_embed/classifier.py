@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from speckle_embed.atomic import build_directory_atomically
+from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.embedder import SpeckleEmbedder, file_hash
 from speckle_embed.fewshot_rules import (
     RULES,
@@ -602,15 +602,7 @@ class FewShotClassifier:
         if not directory.is_dir():
             raise FileNotFoundError(f"saved classifier directory {directory} does not exist")
         jpath = directory / _JSON
-        if not jpath.is_file():
-            raise FileNotFoundError(f"{directory} is not a saved FewShotClassifier: {jpath.name} is missing")
-        try:
-            meta = json.loads(jpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ClassifierFileError(f"{jpath} is corrupt (not valid JSON): {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != CLASSIFIER_FORMAT:
-            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise ClassifierFileError(f"{jpath} has format {got!r}; expected {CLASSIFIER_FORMAT!r}")
+        meta = read_format_json(jpath, CLASSIFIER_FORMAT, ClassifierFileError, "FewShotClassifier")
         try:
             params = dict(meta["params"])
             kind = meta["label_kind"]

@@ -85,7 +85,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from speckle_embed.atomic import build_directory_atomically
+from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.classifier import NotFittedError
 from speckle_embed.data.h5dataset import HIT_CLASSES
 from speckle_embed.models import MODEL_REGISTRY, build_model, model_config
@@ -381,16 +381,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _read_json(path: Path, kind: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.parent} is not a saved {kind}: {path.name} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeadFileError(f"{path} is corrupt (not valid JSON): {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise HeadFileError(f"{path} has format {got!r}; expected {HEAD_FORMAT!r}")
-    return meta
+    return read_format_json(path, HEAD_FORMAT, HeadFileError, kind)
 
 
 def _classes_array(values: list, kind: str) -> np.ndarray:
@@ -1129,7 +1120,6 @@ class EnsembleHead(_ParamsMixin):
         self.threshold = threshold
         self.seed = seed
         self.progress = progress
-
 
     def __repr__(self) -> str:
         fitted = f"; {len(self.members_)} members" if self._is_fitted() else ""
