@@ -186,8 +186,10 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
     -------
     dict
         ``accuracy`` (pooled over all queries), ``f1`` (pooled counts, positive class),
-        ``n_tasks``, ``n_queries``, and ``per_structure``: ``{name: {"accuracy", "f1",
-        "n_tasks", "n_queries"}}``.
+        ``n_tasks``, ``n_queries``, ``confusion`` (pooled ``(n_way, n_way)`` counts, rows = true
+        class, columns = predicted, in the order of ``confusion_classes``, the hit classes of the
+        episodes; ``None`` when episodes mix class sets) and ``per_structure``:
+        ``{name: {"accuracy", "f1", "n_tasks", "n_queries"}}``.
     """
     from speckle_embed.fewshot_rules import get_rule
     from speckle_embed.index import SupportIndex
@@ -201,11 +203,17 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
         raise ValueError("no episodes to evaluate")
     fn = get_rule(rule)
     per: dict[int, list[int]] = {}  # structure -> [correct, total, tp, fp, fn, tasks]
+    classes = episodes[0].classes
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for ep in episodes:
         index = SupportIndex(emb.shape[1], use_gpu=False)
         index.add(emb[ep.support_idx], ep.support_labels)
         scores = fn(index, emb[ep.query_idx], n_classes=ep.n_way, **rule_kwargs)
         pred = scores.argmin(axis=1)
+        if confusion is not None and ep.classes == classes:
+            np.add.at(confusion, (ep.query_labels, pred), 1)
+        else:
+            confusion = None
         acc = per.setdefault(ep.structure, [0, 0, 0, 0, 0, 0])
         acc[0] += int(np.sum(pred == ep.query_labels))
         acc[1] += int(pred.size)
@@ -222,6 +230,8 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
         "f1": _f1(int(tot[2]), int(tot[3]), int(tot[4])),
         "n_tasks": int(tot[5]),
         "n_queries": int(tot[1]),
+        "confusion": None if confusion is None else confusion.tolist(),
+        "confusion_classes": list(classes),
         "per_structure": {},
     }
     for s in sorted(per):

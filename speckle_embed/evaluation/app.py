@@ -1,0 +1,254 @@
+"""``speckle-embed evaluate``: every experiment of the evaluation suite, one report.
+
+:func:`run` takes the plain config of ``conf/evaluate.yaml`` (Hydra composes it in
+:mod:`speckle_embed.evaluation.__main__`) and writes into ``out_dir``:
+
+* ``report.md`` (or ``.html``) with tables and PNG figures, stamped with the configuration,
+  seed, code version and checkpoint hash;
+* ``report.json`` with every number.
+
+Sections (each switched on by its config block):
+
+1. ``offline``: 2-way K-shot (K = 1, 5, 20) per held-out structure, 1,000 balanced queries,
+   accuracy and F1 averaged over structures; confusion matrices; accuracy against particle
+   size; t-SNE with supports; fluence scan 1e-2 .. 1e2 (noise-free sets).
+2. ``online``: 3-way 5-shot with 100% and 25% of the detector, SpeckleNN against the ResNet
+   and Shi19 heads trained on the same few labels; Assalauova et al.'s selection metrics
+   (precision, recall, F1, predicted single hits, IoU, PSD contrast).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speckle_embed.evaluation import figures
+from speckle_embed.evaluation.labelled import load_labelled_sets
+from speckle_embed.evaluation.offline import fluence_scan, kshot_protocol, size_table, tsne_embeddings
+from speckle_embed.evaluation.online import detector_fraction_mask, online_protocol
+from speckle_embed.evaluation.report import Report
+
+__all__ = ["run", "code_version", "load_embedder"]
+
+_CLASS_NAMES = {1: "single", 2: "multi", 3: "non-sample"}
+
+
+def code_version() -> str:
+    """``speckle_embed <version> git <commit>[+dirty]`` of the installed package."""
+    from speckle_embed import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"speckle_embed {__version__}" + (f" git {commit}{'+dirty' if dirty else ''}" if commit else "")
+
+
+def load_embedder(checkpoint: str, device: str = "cpu", base_dir: str | None = None):
+    """``"pretrained"`` -> the shipped weights; otherwise a checkpoint path (relative to ``base_dir``)."""
+    from speckle_embed.embedder import SpeckleEmbedder
+
+    if checkpoint in ("pretrained", "default"):
+        from speckle_embed.pretrained import load_pretrained
+
+        return load_pretrained(device=device)
+    path = Path(os.path.expanduser(checkpoint))
+    if not path.is_absolute() and base_dir:
+        path = Path(base_dir) / path
+    return SpeckleEmbedder.from_checkpoint(path, device=device)
+
+
+def _abs(paths, base_dir: str | None):
+    out = []
+    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths)):
+        p = Path(os.path.expanduser(os.fspath(p)))
+        out.append(p if p.is_absolute() or not base_dir else Path(base_dir) / p)
+    return out
+
+
+def _embed_kwargs(cfg: Mapping) -> dict:
+    kw = {}
+    for key in ("scale", "center", "batch_size"):
+        if cfg.get(key) is not None:
+            kw[key] = cfg[key]
+    return kw
+
+
+def _offline(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: int, progress: bool,
+             base_dir: str | None) -> None:
+    sets = load_labelled_sets(_abs(cfg["data"], base_dir), cfg.get("structures"),
+                              max_frames=cfg.get("max_frames"))
+    embed_kw = _embed_kwargs(cfg.get("embed") or {})
+    sigma = float(cfg.get("gaussian_sigma", 0.15))
+    t0 = time.perf_counter()
+    kshot = kshot_protocol(emb, sets, k_shots=cfg["k_shots"], n_query=cfg["n_query"], n_tasks=cfg["n_tasks"],
+                           rule=cfg["rule"], seed=seed, gaussian_sigma=sigma, progress=progress, **embed_kw)
+    z, hit, struct = kshot.pop("_embeddings")
+    clean = all(s.clean for s in sets)
+    report.heading("Offline protocol: 2-way K-shot on held-out structures")
+    report.text(
+        f"{len(sets)} structures ({', '.join(s.name for s in sets)}); per structure {cfg['n_tasks']} episodes "
+        f"per K with up to {cfg['n_query']} queries per class (single vs multi hit, label-balanced), "
+        f"rule {cfg['rule']}; supports and queries from the same structure; frames "
+        + ("simulated noise-free, photon noise drawn at the baseline fluence (Poisson + "
+           f"{sigma} photon Gaussian)" if clean else "as stored (noisy)")
+        + ". Scores are means over structures (the paper's figure of merit); pooled = over all queries.")
+    rows = []
+    for k, v in kshot["by_k"].items():
+        paper = figures.PAPER["specklenn_offline_accuracy"].get(int(k))
+        rows.append([k, v["accuracy_mean"], v["accuracy_std"], v["f1_mean"], v["accuracy_pooled"],
+                     v["n_queries"] // max(1, v["n_tasks"]), "n/a" if paper is None else f"{paper:.3f}"])
+    report.table(["K", "accuracy (mean)", "std over structures", "F1 (mean)", "accuracy (pooled)",
+                  "queries per episode", "SpeckleNN paper accuracy"], rows)
+    report.figure(figures.plot_kshot(kshot, out / "offline_kshot.png"), "2-way K-shot accuracy and F1")
+    k_ref = 5 if "5" in kshot["by_k"] else int(next(iter(kshot["by_k"])))
+    sizes = size_table(sets, kshot, k=k_ref)
+    report.heading(f"Per structure ({k_ref}-shot) and particle size", 3)
+    report.table(["structure", "atoms", "radius (A)", "accuracy", "F1"],
+                 [[r["name"], r["n_atoms"] if r["n_atoms"] is not None else "n/a",
+                   f"{r['radius_angstrom']:.0f}" if r["radius_angstrom"] else "n/a", r["accuracy"], r["f1"]]
+                  for r in sizes])
+    if any(r["n_atoms"] for r in sizes):
+        report.figure(figures.plot_size(sizes, out / "offline_size.png", k=k_ref),
+                      f"{k_ref}-shot accuracy against particle size")
+    report.figure(figures.plot_confusions({f"{k}-shot": v for k, v in kshot["by_k"].items()},
+                                          out / "offline_confusion.png"),
+                  "Confusion matrices pooled over all episodes (rows: true class)")
+    tsne_cfg = cfg.get("tsne") or {}
+    if tsne_cfg.get("enabled", True) and tsne_cfg.get("n_structures", 0) > 0:
+        chosen = list(range(min(int(tsne_cfg["n_structures"]), len(sets))))
+        maps = tsne_embeddings(z, hit, struct, structures=chosen, k_shot=int(tsne_cfg.get("k_shot", 5)),
+                               n_points=int(tsne_cfg.get("n_points", 300)),
+                               perplexity=float(tsne_cfg.get("perplexity", 30)), seed=seed)
+        report.figure(figures.plot_tsne(maps, [s.name for s in sets], out / "offline_tsne.png"),
+                      "t-SNE of embeddings, one episode's supports as stars")
+    numbers["offline"] = {**kshot, "size": sizes}
+    scan_cfg = cfg.get("fluence_scan") or {}
+    if scan_cfg.get("enabled", True):
+        report.heading("Fluence scan", 3)
+        if not clean:
+            report.text("Skipped: the sets hold noisy frames; simulate noise-free sets "
+                        "(dataset=eval_clean) for a fluence scan.")
+        else:
+            factors = scan_cfg.get("factors") or [10 ** (e / 2) for e in range(-4, 5)]
+            scan = fluence_scan(emb, sets, factors=factors, k_shot=scan_cfg["k_shot"],
+                                n_query=scan_cfg["n_query"], n_tasks=scan_cfg["n_tasks"], rule=cfg["rule"],
+                                seed=seed, gaussian_sigma=sigma, progress=progress, **embed_kw)
+            numbers["offline"]["fluence_scan"] = scan
+            report.table(["fluence / baseline", "accuracy (mean)", "F1 (mean)"],
+                         [[f"{lv['factor']:.3g}", lv["accuracy_mean"], lv["f1_mean"]] for lv in scan["levels"]])
+            report.figure(figures.plot_fluence_scan(scan, out / "offline_fluence.png"),
+                          f"2-way {scan['k_shot']}-shot against fluence ({scan['n_query']} queries per class)")
+    numbers["offline"]["seconds"] = time.perf_counter() - t0
+
+
+def _online(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: int, progress: bool,
+            base_dir: str | None) -> None:
+    from speckle_embed.evaluation.selection import plot_psd, selection_report
+
+    sets = load_labelled_sets(_abs(cfg["data"], base_dir), cfg.get("structures"),
+                              labels_path=cfg.get("labels_path") or "/entry_1/truth/hit_class")
+    t0 = time.perf_counter()
+    for s in sets:
+        res = online_protocol(
+            emb, s, heads=cfg.get("heads") or {}, detector_fractions=cfg["detector_fractions"],
+            k_shot=cfg["k_shot"], n_query=cfg["n_query"], n_tasks=cfg["n_tasks"], n_train=cfg["n_train"],
+            n_val=cfg["n_val"], classes=cfg["classes"], rule=cfg["rule"], seed=seed,
+            head_overrides=cfg.get("head_overrides") or {}, single_model=bool(cfg.get("single_model", True)),
+            embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress)
+        report.heading(f"Online protocol: {s.name}", 2)
+        names = ", ".join(_CLASS_NAMES.get(c, str(c)) for c in res["classes"])
+        report.text(
+            f"{len(res['classes'])}-way {res['k_shot']}-shot ({names}); labelled pool {cfg['n_train']} + "
+            f"{cfg['n_val']} frames per class (supervised heads train on the first, pick their epoch "
+            f"on the second; SpeckleNN's supports come from the first); {res['n_tasks']} episodes of "
+            f"{res['n_query']} queries per class from the other {res['split']['query']} frames; every "
+            "method is scored on the same queries. 25% of the detector = one fixed quadrant.")
+        paper = figures.PAPER["specklenn_online_accuracy"]
+        report.table(["detector", "method", "accuracy", "F1 (single)", "precision", "recall", "queries",
+                      "SpeckleNN paper accuracy"],
+                     [[r["detector"], r["method"], r["accuracy"], r["f1"], r.get("precision", "n/a"),
+                       r.get("recall", "n/a"), r["n_queries"],
+                       f"{paper[r['detector']]:.2f}" if r["method"].startswith("SpeckleNN") and r["detector"] in paper
+                       else ""] for r in res["rows"]])
+        report.figure(figures.plot_online(res["rows"], out / f"online_{s.name}_accuracy.png"),
+                      "Online accuracy by method and detector fraction")
+        report.figure(figures.plot_confusions({f"{r['method']} / {r['detector']}": r for r in res["rows"]},
+                                              out / f"online_{s.name}_confusion.png"),
+                      "Online confusion matrices (rows: true class)")
+        sel_numbers = {}
+        query_frames = s.frames[res["query_index"]]
+        for tag, sel in res["selections"].items():
+            truth = sel.pop("truth")
+            frac = float(tag.rstrip("%")) / 100
+            mask = (np.zeros(s.frames.shape[1:], np.uint16) if s.mask is None else s.mask) \
+                | detector_fraction_mask(s.frames.shape[1:], frac)
+            rep = selection_report(sel, truth, frames=query_frames, mask=mask)
+            profiles = {**rep.pop("profiles"), "true singles": rep.pop("profile_truth")}
+            sel_numbers[tag] = rep
+            report.heading(f"Single-hit selection, {tag} of the detector (Assalauova et al. metrics)", 3)
+            psd = rep["psd"]
+            report.table(["method", "precision", "recall", "F1", "predicted singles", "true singles",
+                          "PSD contrast (mean of 3 min/max pairs)"],
+                         [[m, v["precision"], v["recall"], v["f1"], v["n_predicted"], v["n_true"],
+                           psd[m]["mean_contrast"]] for m, v in rep["metrics"].items()]
+                         + [["true singles", 1.0, 1.0, 1.0, rep["n_true"], rep["n_true"],
+                             rep["psd_truth"]["mean_contrast"]]])
+            methods = rep["names"]
+            report.table(["IoU of selections"] + methods,
+                         [[a] + list(row) for a, row in zip(methods, rep["iou"])])
+            report.figure(plot_psd(profiles, out / f"online_{s.name}_psd_{int(100 * frac)}.png"),
+                          f"Angular average (PSD) of the mean selected pattern, {tag} of the detector")
+        numbers.setdefault("online", {})[s.name] = {k: v for k, v in res.items()
+                                                   if k not in ("selections", "query_index")}
+        numbers["online"][s.name]["selection"] = sel_numbers
+    numbers.setdefault("online", {})["seconds"] = time.perf_counter() - t0
+
+
+def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
+    """Run the enabled sections of the suite and write the report; returns the written paths.
+
+    ``cfg`` is the plain dict of ``conf/evaluate.yaml`` plus ``out_dir`` (the Hydra run folder)
+    and ``base_dir`` (where relative data and checkpoint paths start).
+    """
+    import torch
+    import yaml
+
+    seed = int(cfg.get("seed", 0))
+    progress = bool(cfg.get("progress", True))
+    base_dir = cfg.get("base_dir")
+    out = Path(os.fspath(cfg["out_dir"]))
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    emb = load_embedder(str(cfg["checkpoint"]), device=cfg.get("device", "cpu"), base_dir=base_dir)
+    plain = {k: v for k, v in cfg.items() if k not in ("out_dir", "base_dir")}
+    stamp = {"checkpoint": str(cfg["checkpoint"]), "checkpoint_hash": emb.checkpoint_hash,
+             "seed": seed, "code": code_version(),
+             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+                        f"{torch.get_num_threads()} threads, device {cfg.get('device', 'cpu')}",
+             "config_yaml": yaml.safe_dump(plain, sort_keys=False)}
+    report = Report(str(cfg.get("title") or "speckle_embed evaluation"), stamp)
+    numbers: dict[str, Any] = {"config": plain}
+    if (cfg.get("offline") or {}).get("enabled", False):
+        _offline({**cfg["offline"], "rule": cfg.get("rule", "mean_distance")}, emb, report, numbers, out,
+                 seed, progress, base_dir)
+    if (cfg.get("online") or {}).get("enabled", False):
+        _online({**cfg["online"], "rule": cfg.get("rule", "mean_distance")}, emb, report, numbers, out,
+                seed, progress, base_dir)
+    if not numbers.keys() - {"config"}:
+        raise ValueError("nothing to evaluate: enable offline.enabled=true and/or online.enabled=true")
+    return report.write(out, numbers, fmt=str(cfg.get("report_format", "markdown")))
