@@ -14,9 +14,11 @@ Examples
     python -m speckle_embed.train run_name=m02 loss.margin=0.2        # resumes if outputs/train/m02 has last.pt
     python -m speckle_embed.train -m loss.margin=0.05,0.2,0.5,1.0 hydra/launcher=joblib
     python -m speckle_embed.train --cfg job                           # print the composed configuration
+    torchrun --standalone --nproc_per_node 4 -m speckle_embed.train name=ddp4   # data-parallel, docs/distributed.md
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
@@ -42,8 +44,9 @@ def main(cfg: DictConfig) -> None:
     if not plain.get("base_dir"):
         plain["base_dir"] = get_original_cwd()
     result = train(plain)
-    print(f"run folder: {result.run_dir}\nbest: {result.best_checkpoint} (metric {result.best_metric:.4f})",
-          flush=True)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+        print(f"run folder: {result.run_dir}\nbest: {result.best_checkpoint} (metric {result.best_metric:.4f})",
+              flush=True)
 
 
 if __name__ == "__main__":

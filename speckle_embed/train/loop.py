@@ -21,6 +21,18 @@ same weights as an uninterrupted run (bit-identical on CPU).
 ``metrics.csv`` is rewritten from the history stored in the checkpoint, so it never holds
 rows of steps that a resumed run replays. A non-finite loss or gradient stops the run with
 :class:`TrainingDivergedError`; ``last.pt`` / ``best.pt`` stay the last good ones.
+
+Data-parallel training (``torchrun``, ``docs/distributed.md``)
+-------------------------------------------------------------
+Every process builds the same model (same seed; ``DistributedDataParallel`` also broadcasts
+rank 0's weights) and draws the same global P x K batches; process ``r`` of ``W`` reads and
+augments its ``P / W`` groups x ``K`` frames (:meth:`PKSampler.shard`). The embeddings are
+all-gathered, so every process mines the same triplets over the whole global batch (negatives
+cross processes) and computes the same loss; ``W x loss`` is back-propagated through the
+process's own embeddings, so that DDP's gradient average is the gradient of the global-batch
+loss. Rank 0 alone validates (the others receive its metrics) and writes checkpoints,
+``metrics.csv``, TensorBoard events and the learning curve; a resumed run reads ``last.pt``
+on rank 0 and broadcasts it.
 """
 from __future__ import annotations
 
@@ -46,8 +58,9 @@ from speckle_embed.preprocess import Preprocessing, preprocess
 from .augment import SpeckleAugment
 from .checkpoint import (CHECKPOINT_FORMAT, atomic_torch_save, atomic_write_text, get_rng_states,
                          load_checkpoint, set_rng_states)
-from .config import TrainConfig
+from .config import TrainConfig, to_plain
 from .data import TrainData, build_train_data
+from .distributed import DistributedConfig, DistributedContext, init_distributed
 from .sampler import PKSampler
 
 __all__ = ["train", "TrainResult", "TrainingDivergedError", "step_seed", "warmup_cosine",
@@ -96,10 +109,13 @@ class TrainResult:
     resumed_from: Path | None = None
 
 
-def step_seed(seed: int, epoch: int, step: int, stream: int = 0) -> int:
-    """63-bit seed of the generators of one step: a pure function of its arguments."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(step), int(stream)])
-               .generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+def step_seed(seed: int, epoch: int, step: int, stream: int = 0, rank: int = 0) -> int:
+    """63-bit seed of the generators of one step: a pure function of its arguments.
+
+    ``rank`` > 0 (data-parallel process) gives other seeds; rank 0 gets a single process's.
+    """
+    entropy = [int(seed), int(epoch), int(step), int(stream)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -244,14 +260,17 @@ def plot_learning_curve(history: list[dict], path, episodes: str = "2-way 5-shot
 class _Trainer:
     """State of one run; :func:`train` is the public entry point."""
 
-    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callable] = ()):
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callable] = (),
+                 dist: DistributedContext | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        self.dist = dist or DistributedContext()
         self.run_dir = Path(cfg.run_dir).expanduser().resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(self.run_dir)
+        if self.dist.is_main:
+            _remove_stale_temporaries(self.run_dir)
         self.base_dir = Path(cfg.base_dir).expanduser() if cfg.base_dir else Path.cwd()
-        self.device = _resolve_device(cfg.device)
+        self.device = self.dist.device(_resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         if cfg.deterministic:
@@ -278,13 +297,15 @@ class _Trainer:
         if tuple(size) != (self.prep.input_size, self.prep.input_size):
             raise ValueError(f"model.input_size {size} differs from preprocessing.input_size "
                              f"{self.prep.input_size}")
-        self.data = build_train_data(cfg.data, cfg.eval, seed=cfg.seed, base_dir=self.base_dir)
+        with self.dist.main_first():  # rank 0 simulates a missing dataset before the others read it
+            self.data = build_train_data(cfg.data, cfg.eval, seed=cfg.seed, base_dir=self.base_dir)
         self.model = build_model(mcfg)
         if init:
             self.model.load_state_dict(init["state_dict"])
         self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp_model = self.dist.wrap(self.model, self.device)  # what train steps call; self.model is saved
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr,
                                            betas=tuple(o.betas))
@@ -317,6 +338,8 @@ class _Trainer:
         ev = self.cfg.eval
         self.episodes = []
         self.val_inputs = None
+        if not self.dist.is_main:  # rank 0 validates (DistributedContext.run_on_main)
+            return
         if self.data.val_idx.size == 0:
             logger.warning("no validation frames: best.pt follows the training loss")
             return
@@ -377,11 +400,13 @@ class _Trainer:
                 "config": self.config_dict, "config_yaml": _yaml(self.config_dict),
                 "metrics": metrics or {}, "train_structures": list(self.data.train_structures),
                 "val_structures": list(self.data.val_structures),
-                "torch_version": str(torch.__version__),
+                "torch_version": str(torch.__version__), "world_size": self.dist.world_size,
             },
         }
 
     def save_last(self) -> None:
+        if not self.dist.is_main:
+            return
         self.sampler.set_epoch(self.epoch, self.position)
         ckpt = self._base_checkpoint(self.history[-1] if self.history else None)
         ckpt.update({
@@ -397,6 +422,8 @@ class _Trainer:
         atomic_torch_save(ckpt, self.run_dir / LAST_NAME)
 
     def save_best(self, metrics: dict) -> None:
+        if not self.dist.is_main:
+            return
         atomic_torch_save(self._base_checkpoint(metrics), self.run_dir / BEST_NAME)
 
     def maybe_resume(self) -> None:
@@ -404,11 +431,15 @@ class _Trainer:
         if r == "never":
             return
         path = self.run_dir / LAST_NAME if r == "auto" else Path(r).expanduser()
-        if r != "auto" and not path.is_file():
-            raise FileNotFoundError(f"resume={r!r}: no such checkpoint")
-        if not path.is_file():
+
+        def read() -> dict | None:
+            if r != "auto" and not path.is_file():
+                raise FileNotFoundError(f"resume={r!r}: no such checkpoint")
+            return load_checkpoint(path, map_location="cpu") if path.is_file() else None
+
+        ckpt = self.dist.run_on_main(read)  # rank 0 reads, every rank resumes from it
+        if ckpt is None:
             return
-        ckpt = load_checkpoint(path, map_location="cpu")
         if "optimizer" not in ckpt:
             raise ValueError(f"{path} has no optimizer state (a best.pt?); resume from a last.pt")
         diffs = _config_differences(ckpt["training"]["config"], self.config_dict)
@@ -443,7 +474,7 @@ class _Trainer:
         self.model.train()
         frames = frames.to(dev, non_blocking=True)
         bad = bad.to(dev, non_blocking=True)
-        self.aug_generator.manual_seed(step_seed(cfg.seed, self.epoch, self.position, 1))
+        self.aug_generator.manual_seed(step_seed(cfg.seed, self.epoch, self.position, 1, self.dist.rank))
         if self.miner_generator is not None:
             self.miner_generator.manual_seed(step_seed(cfg.seed, self.epoch, self.position, 2))
         with torch.no_grad():
@@ -454,14 +485,14 @@ class _Trainer:
         structure = torch.as_tensor(self.data.train_structure[batch], device=dev)
         hit = torch.as_tensor(self.data.train_hit[batch], device=dev)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            emb = self.model(inputs)
-        emb = emb.float()
+            emb = self.ddp_model(inputs)
+        emb = self.dist.all_gather(emb.float())  # the global batch (= batch), same on every rank
         triplets = self.miner(emb, structure, hit)
         loss, stats = self.loss_fn(emb, *triplets)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(self._diverged_message("loss", loss.item()))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.dist.world_size).backward()  # DDP averages over ranks: the global loss's gradient
         clip = cfg.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
         if not torch.isfinite(norm):
@@ -507,14 +538,14 @@ class _Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         writer = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.dist.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 writer = SummaryWriter(log_dir=str(self.run_dir / "tb"),
                                        purge_step=self.global_step if self.resumed_from else None)
             except Exception as exc:  # noqa: BLE001 - tensorboard is optional
                 logger.warning("TensorBoard logging disabled: %s", exc)
-        if self.history:
+        if self.history and self.dist.is_main:
             _write_metrics_csv(self.history, self.run_dir / METRICS_NAME)
         prefetch = _Prefetcher(self.data)
         try:
@@ -522,9 +553,12 @@ class _Trainer:
 
             while self.epoch < cfg.epochs:
                 batches = self.sampler.epoch_batches(self.epoch)[self.position:]
+                # this rank's frames of each (global) batch: the whole batch in a single process
+                local = [self.data.train_idx[self.sampler.shard(b, self.dist.rank, self.dist.world_size)]
+                         for b in batches]
                 bar = tqdm(total=self.steps_per_epoch, initial=self.position, desc=f"epoch {self.epoch}",
-                           disable=not cfg.progress, leave=False, dynamic_ncols=True)
-                for batch, (frames, bad) in zip(batches, prefetch.iterate([self.data.train_idx[b] for b in batches])):
+                           disable=not cfg.progress or not self.dist.is_main, leave=False, dynamic_ncols=True)
+                for batch, (frames, bad) in zip(batches, prefetch.iterate(local)):
                     t0 = time.perf_counter()
                     s = self.train_step(frames, bad, batch)
                     dt = time.perf_counter() - t0
@@ -551,22 +585,23 @@ class _Trainer:
                                global_step=self.global_step, stats=s)
                 bar.close()
                 self._end_epoch(writer)
-            if self.history:
+            if self.history and self.dist.is_main:
                 ev = cfg.eval
                 plot_learning_curve(self.history, self.run_dir / CURVE_NAME, f"{ev.n_way}-way {ev.k_shot}-shot")
         finally:
             prefetch.close()
             if writer is not None:
                 writer.close()
-        if not (self.run_dir / BEST_NAME).exists():  # e.g. resumed a finished run without best
+        if self.dist.is_main and not (self.run_dir / BEST_NAME).exists():  # e.g. resumed a finished run
             self.save_best(self.history[-1] if self.history else {})
+        self.dist.barrier()  # every rank returns once rank 0's files are written
         return TrainResult(self.run_dir, self.run_dir / LAST_NAME, self.run_dir / BEST_NAME,
                            list(self.history), self.best_metric, self.global_step, self.resumed_from)
 
     def _end_epoch(self, writer) -> None:
         a = self.acc
         n = max(a["steps"], 1)
-        metrics = self.evaluate()
+        metrics = self.dist.run_on_main(self.evaluate)
         row = {
             "epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
             "loss": a["loss"] / n, "active_fraction": a["active"] / n, "triplets_per_batch": a["triplets"] / n,
@@ -577,9 +612,10 @@ class _Trainer:
         self.history.append(row)
         score = row["val_accuracy"] if metrics else -row["loss"]
         improved = np.isfinite(score) and score > self.best_metric
-        logger.info("epoch %d: loss %.4f, active %.3f, val accuracy %.4f, F1 %.4f, %.1f patterns/s%s",
-                    self.epoch, row["loss"], row["active_fraction"], row["val_accuracy"], row["val_f1"],
-                    row["patterns_per_s"], " (best)" if improved else "")
+        if self.dist.is_main:
+            logger.info("epoch %d: loss %.4f, active %.3f, val accuracy %.4f, F1 %.4f, %.1f patterns/s%s",
+                        self.epoch, row["loss"], row["active_fraction"], row["val_accuracy"], row["val_f1"],
+                        row["patterns_per_s"], " (best)" if improved else "")
         if writer is not None:
             for key in ("loss", "active_fraction", "triplets_per_batch", "semihard_fraction", "patterns_per_s"):
                 writer.add_scalar(f"epoch/{key}", row[key], self.epoch)
@@ -597,7 +633,8 @@ class _Trainer:
             self.best_epoch = row["epoch"]
             self.save_best({**row, "per_structure": metrics.get("per_structure", {})})
         self.save_last()
-        _write_metrics_csv(self.history, self.run_dir / METRICS_NAME)
+        if self.dist.is_main:
+            _write_metrics_csv(self.history, self.run_dir / METRICS_NAME)
         self._emit("epoch_end", epoch=row["epoch"], metrics=row)
 
 
@@ -608,7 +645,10 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
     ----------
     cfg : TrainConfig, mapping or DictConfig
         The configuration (``conf/train.yaml`` composed by Hydra, or a plain dict; missing
-        keys take the defaults of :class:`~speckle_embed.train.config.TrainConfig`).
+        keys take the defaults of :class:`~speckle_embed.train.config.TrainConfig`). Its
+        ``distributed`` section (:class:`~speckle_embed.train.distributed.DistributedConfig`)
+        says how the processes of a ``torchrun`` launch train together; it is a launch
+        setting, not stored in checkpoints (a run may resume with another number of processes).
     callbacks : sequence of callables, optional
         ``callback(event, info)`` with ``event`` ``"step_end"`` or ``"epoch_end"``; ``info``
         has ``epoch``, ``global_step`` and the trainer. An exception raised by a callback
@@ -625,8 +665,14 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
     DatasetError, ValueError
         Bad data (named file and frame) or configuration.
     """
-    config = TrainConfig.from_dict(cfg)
-    trainer = _Trainer(config, callbacks)
-    trainer.setup()
-    trainer.maybe_resume()
-    return trainer.run()
+    if isinstance(cfg, TrainConfig):
+        config, dist_config = cfg, DistributedConfig()
+    else:
+        plain = to_plain(cfg)
+        dist_config = DistributedConfig.from_dict(plain.pop("distributed", None))
+        config = TrainConfig.from_dict(plain)
+    with init_distributed(dist_config, _resolve_device(config.device).type) as dist:
+        trainer = _Trainer(config, callbacks, dist)
+        trainer.setup()
+        trainer.maybe_resume()
+        return trainer.run()

@@ -178,6 +178,19 @@ class PKSampler(Sampler[list[int]]):
             batches.append(np.concatenate(parts))
         return batches
 
+    def shard(self, batch, rank: int, world_size: int) -> np.ndarray:
+        """The part of ``batch`` that process ``rank`` of ``world_size`` trains on.
+
+        A batch holds its ``p`` groups as contiguous runs of ``k`` frames, so each process
+        gets ``p / world_size`` whole groups x ``k`` frames; the parts of ranks ``0, 1, ...``
+        concatenated are the batch. ``p`` must be a multiple of ``world_size``.
+        """
+        if self.p % int(world_size):
+            raise ValueError(f"sampler.p ({self.p}) must be a multiple of the number of processes "
+                             f"({world_size}) so that every process gets whole (structure, hit) groups")
+        n = self.batch_size // int(world_size)
+        return np.asarray(batch)[int(rank) * n:(int(rank) + 1) * n]
+
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "start": self.start}
 
