@@ -165,7 +165,8 @@ def _online(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: i
             k_shot=cfg["k_shot"], n_query=cfg["n_query"], n_tasks=cfg["n_tasks"], n_train=cfg["n_train"],
             n_val=cfg["n_val"], classes=cfg["classes"], rule=cfg["rule"], seed=seed,
             head_overrides=cfg.get("head_overrides") or {}, single_model=bool(cfg.get("single_model", True)),
-            embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress)
+            embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress,
+            finetune=cfg.get("finetune"), run_dir=out / f"online_{s.name}")
         report.heading(f"Online protocol: {s.name}", 2)
         names = ", ".join(_CLASS_NAMES.get(c, str(c)) for c in res["classes"])
         report.text(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +30,7 @@ from speckle_embed.evaluation.episodes import Episode, evaluate_episodes
 from speckle_embed.evaluation.labelled import LabelledSet
 
 __all__ = ["detector_fraction_mask", "split_labelled_pool", "online_protocol", "head_config_for",
-           "ONLINE_CLASSES"]
+           "finetune_embedder", "write_labelled_pool", "ONLINE_CLASSES"]
 
 #: single, multi, non-sample hit codes (DESIGN.md).
 ONLINE_CLASSES = (1, 2, 3)
@@ -153,6 +155,8 @@ def head_config_for(cfg: Mapping, n_classes: int, overrides: Mapping | None = No
     member.pop("threshold", None)
     member.pop("positive_fraction", None)
     member.pop("class_weights", None)
+    if member.get("val_metric") == "f1":  # binary-only metric: pick epochs by accuracy
+        member["val_metric"] = "accuracy"
     model = dict(member.get("model", {}))
     key = "n_outputs" if model.get("name") == "shi2019" else "n_classes"
     model[key] = int(n_classes)
@@ -161,11 +165,89 @@ def head_config_for(cfg: Mapping, n_classes: int, overrides: Mapping | None = No
     return cfg
 
 
+def write_labelled_pool(path, frames: np.ndarray, hit: np.ndarray, mask: np.ndarray) -> Path:
+    """Write labelled frames as a CXI-flavoured HDF5 file the trainer reads (one dummy structure)."""
+    import h5py
+
+    from speckle_embed.atomic import tmp_sibling
+
+    path = Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("/entry_1/data_1/data", data=np.asarray(frames, dtype=np.float32), chunks=True)
+        f.create_dataset("/entry_1/data_1/mask", data=np.asarray(mask, dtype=np.uint16))
+        f.create_dataset("/entry_1/truth/hit_class", data=np.asarray(hit, dtype=np.int8))
+        f.attrs["structure_name"] = path.stem
+    os.replace(tmp, path)
+    return path
+
+
+def finetune_embedder(embedder, frames: np.ndarray, hit: np.ndarray, mask: np.ndarray, run_dir,
+                      train_config: Mapping | None = None, *, classes=ONLINE_CLASSES, n_train: int = 40,
+                      n_val: int = 20, seed: int = 0, progress: bool = False):
+    """Online training (SpeckleNN section 4.2) of ``embedder`` on a small labelled pool.
+
+    The pool (``n_train + n_val`` frames per class, nothing else) is written to
+    ``run_dir/labelled_pool.h5`` and :func:`speckle_embed.train.train` runs in class mode from
+    the embedder's weights (``init_checkpoint``), keeping its architecture and preprocessing.
+
+    Parameters
+    ----------
+    embedder : SpeckleEmbedder
+        Starting point (e.g. the pretrained embedding).
+    frames, hit : arrays (M, H, W), (M,)
+        The labelled pool only.
+    mask : ndarray (H, W)
+        Bad pixels (non-zero), e.g. with the detector-fraction mask applied.
+    run_dir : path
+        Training run folder (checkpoints, metrics.csv, learning_curve.png).
+    train_config : mapping, optional
+        :class:`~speckle_embed.train.config.TrainConfig` keys (``epochs``, ``steps_per_epoch``,
+        ``sampler``, ``optim``, ``augment``...); data, init and evaluation keys are set here.
+
+    Returns
+    -------
+    SpeckleEmbedder
+        From the run's ``best.pt`` (validation 3-way 5-shot accuracy on the ``n_val`` frames).
+    """
+    from speckle_embed.embedder import SpeckleEmbedder
+    from speckle_embed.train import train
+
+    run_dir = Path(os.fspath(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    masked = np.where(np.asarray(mask)[None] != 0, 0.0, frames).astype(np.float32)
+    pool = write_labelled_pool(run_dir / "labelled_pool.h5", masked, hit, mask)
+    init = run_dir / "init.pt"
+    embedder.save_checkpoint(init)
+    cfg = {"name": run_dir.name, "seed": int(seed), "run_dir": str(run_dir), "epochs": 20,
+           "steps_per_epoch": 10, "device": "cpu", "progress": progress, "tensorboard": False,
+           "resume": "never", "sampler": {"p": len(classes), "k": 20}, "optim": {"lr": 3e-4},
+           **dict(train_config or {})}
+    cfg.update({"init_checkpoint": str(init),
+                "data": {"dirs": [str(pool)], "mode": "class", "hit_classes": list(classes),
+                         "n_train_per_class": int(n_train), "n_val_per_class": int(n_val),
+                         "generate_if_missing": False, "split_seed": int(seed)},
+                "eval": {"n_way": len(classes), "classes": list(classes), "k_shot": 5,
+                         "n_query": max(1, int(n_val) - 5), "n_tasks": 20}})
+    result = train(cfg)
+    return SpeckleEmbedder.from_checkpoint(result.best_checkpoint, device=embedder.device)
+
+
 def _binary_metrics(pred: np.ndarray, truth: np.ndarray, positive: int = 1) -> dict:
     p, t = pred == positive, truth == positive
     tp, fp, fn = int(np.sum(p & t)), int(np.sum(p & ~t)), int(np.sum(~p & t))
     return {"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
             "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0}
+
+
+def _single_pr(confusion, classes) -> dict:
+    """Precision and recall of the single-hit class (code 1) from a confusion matrix."""
+    if 1 not in classes or confusion is None:
+        return {}
+    c, j = np.asarray(confusion), list(classes).index(1)
+    tp, pred, true = c[j, j], c[:, j].sum(), c[j, :].sum()
+    return {"precision": float(tp / pred) if pred else 0.0, "recall": float(tp / true) if true else 0.0}
 
 
 def _score_predictions(pred_by_frame: np.ndarray, hit: np.ndarray, episodes: Sequence[Episode],
@@ -187,7 +269,8 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
                     n_query: int = 50, n_tasks: int = 20, n_train: int = 40, n_val: int = 20,
                     classes: Sequence[int] = ONLINE_CLASSES, rule: str = "mean_distance", seed: int = 0,
                     head_overrides: Mapping | None = None, single_model: bool = True,
-                    embed_kwargs: Mapping | None = None, progress: bool = True) -> dict:
+                    embed_kwargs: Mapping | None = None, progress: bool = True,
+                    finetune: Mapping | None = None, run_dir=None) -> dict:
     """SpeckleNN 3-way K-shot against supervised heads on one labelled experiment.
 
     Parameters
@@ -206,6 +289,10 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
         Labelled frames per class for the heads (the supports come from the ``n_train``).
     embed_kwargs : mapping, optional
         Passed to ``embedder.embed`` (``scale``, ``center`` for foreign detectors).
+    finetune : mapping, optional
+        With ``enabled: true``, also a "SpeckleNN (fine-tuned)" row per fraction: the
+        embedder trained on the labelled pool (with that fraction's mask) by
+        :func:`finetune_embedder`; the other keys are its ``train_config``. Needs ``run_dir``.
 
     Returns
     -------
@@ -214,7 +301,9 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
         recall and confusion; ``selections``: per fraction, method -> boolean single-hit
         selection over the query pool (plus ``"truth"``); ``split`` sizes.
     """
+    from speckle_embed.fewshot_rules import get_rule
     from speckle_embed.heads import head_from_config
+    from speckle_embed.index import SupportIndex
 
     classes = tuple(int(c) for c in classes)
     keep = np.isin(data.hit, classes)
@@ -230,15 +319,32 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
         z = np.asarray(embedder.embed(data.frames, mask=mask, **dict(embed_kwargs or {})), dtype=np.float32)
         res = evaluate_episodes(z, episodes, rule=rule)
         rows.append({"detector": tag, "fraction": float(fraction), "method": "SpeckleNN (few-shot)",
-                     "accuracy": res["accuracy"], "f1": res["f1"], "n_queries": res["n_queries"],
-                     "confusion": res["confusion"], "confusion_classes": list(classes)})
+                     "accuracy": res["accuracy"], "f1": res["f1"], **_single_pr(res["confusion"], classes),
+                     "n_queries": res["n_queries"], "confusion": res["confusion"],
+                     "confusion_classes": list(classes)})
         # single-hit selection over the whole query pool with the first episode's supports
-        from speckle_embed.fewshot_rules import get_rule
-        from speckle_embed.index import SupportIndex
         index = SupportIndex(z.shape[1], use_gpu=False)
         index.add(z[episodes[0].support_idx], episodes[0].support_labels)
         pred = np.asarray(classes)[get_rule(rule)(index, z[query], n_classes=len(classes)).argmin(1)]
         sel = {"SpeckleNN (few-shot)": pred == 1}
+        if finetune and finetune.get("enabled", False):
+            if run_dir is None:
+                raise ValueError("finetune needs run_dir (where the training run is written)")
+            pool = np.concatenate([train, val])
+            tuned = finetune_embedder(embedder, data.frames[pool], hit[pool], mask,
+                                      Path(os.fspath(run_dir)) / f"finetune_{int(round(100 * fraction))}",
+                                      {k: v for k, v in finetune.items() if k != "enabled"},
+                                      classes=classes, n_train=n_train, n_val=n_val, seed=seed)
+            zt = np.asarray(tuned.embed(data.frames, mask=mask), dtype=np.float32)
+            res_t = evaluate_episodes(zt, episodes, rule=rule)
+            rows.append({"detector": tag, "fraction": float(fraction), "method": "SpeckleNN (fine-tuned)",
+                         "accuracy": res_t["accuracy"], "f1": res_t["f1"],
+                         **_single_pr(res_t["confusion"], classes), "n_queries": res_t["n_queries"],
+                         "confusion": res_t["confusion"], "confusion_classes": list(classes)})
+            index_t = SupportIndex(zt.shape[1], use_gpu=False)
+            index_t.add(zt[episodes[0].support_idx], episodes[0].support_labels)
+            pred_t = np.asarray(classes)[get_rule(rule)(index_t, zt[query], n_classes=len(classes)).argmin(1)]
+            sel["SpeckleNN (fine-tuned)"] = pred_t == 1
         for name, cfg in (heads or {}).items():
             head = head_from_config(head_config_for(cfg, len(classes), head_overrides, single_model))
             head.set_params(progress=progress)
