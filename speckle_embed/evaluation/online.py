@@ -346,6 +346,8 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
             pred_t = np.asarray(classes)[get_rule(rule)(index_t, zt[query], n_classes=len(classes)).argmin(1)]
             sel["SpeckleNN (fine-tuned)"] = pred_t == 1
         for name, cfg in (heads or {}).items():
+            if not cfg:  # heads.<name>=null switches a head off
+                continue
             head = head_from_config(head_config_for(cfg, len(classes), head_overrides, single_model))
             head.set_params(progress=progress)
             head.fit(data.frames[train], hit[train], val=(data.frames[val], hit[val]), mask=mask)
