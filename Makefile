@@ -22,9 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m simulate hydra.run.dir=$(DEMO_DIR)/simulate source=procedural dataset=tiny \
-	    source.n_structures=6 source.n_atoms_max=40000 out_dir=$(CURDIR)/$(DEMO_DIR)/data
-	@echo "example patterns: $(DEMO_DIR)/simulate/examples.png"
+	$(PY) -m speckle_embed demo hydra.run.dir=$(DEMO_DIR)
+	@echo "figure: $(DEMO_DIR)/demo.png   numbers: $(DEMO_DIR)/results.json"
 
 test: venv
 	$(PY) -m pytest -q

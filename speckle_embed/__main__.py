@@ -4,13 +4,16 @@ Commands::
 
     classify   classify HDF5/CXI frames with a saved FewShotClassifier (speckle_embed.cli)
     train      train an embedding network (speckle_embed.train.__main__, Hydra)
-    evaluate   few-shot evaluation (speckle_embed.evaluate.__main__ or
-               speckle_embed.evaluation.__main__, when installed)
+    evaluate   the evaluation suite and its report (speckle_embed.evaluation.__main__, Hydra)
+    demo       the whole story: simulate a new sample, register 5 shots, classify
+               (speckle_embed.demo.__main__, Hydra; needs the sim extra)
 
 Everything after the command is passed on (Hydra overrides ``key=value``)::
 
     speckle-embed classify classifier=clf/ inputs=[run42/*.cxi]
     speckle-embed train train/experiment=offline
+    speckle-embed evaluate checkpoint=pretrained online.enabled=true
+    speckle-embed demo
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "classify": (("speckle_embed.cli",), "classify frames of HDF5/CXI files with a saved classifier"),
     "train": (("speckle_embed.train.__main__",), "train an embedding network (Hydra)"),
-    "evaluate": (("speckle_embed.evaluate.__main__", "speckle_embed.evaluation.__main__"),
-                 "few-shot evaluation of a checkpoint (Hydra)"),
+    "evaluate": (("speckle_embed.evaluation.__main__",),
+                 "the evaluation suite: offline/online protocols, report (Hydra)"),
+    "demo": (("speckle_embed.demo.__main__",),
+             "the whole story: simulate a new sample, register 5 shots, classify (Hydra)"),
 }
 
 
