@@ -392,6 +392,11 @@ class SpeckleEmbedder:
         if not isinstance(ckpt, dict):
             raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
         fmt = ckpt.get("format")
+        if fmt == "speckle_embed-pretrained-1":  # the int8-compressed shipped form
+            from speckle_embed.pretrained import expand_checkpoint
+
+            ckpt = expand_checkpoint(ckpt, path)
+            fmt = ckpt["format"]
         if fmt != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {path} has format {fmt!r}; expected {CHECKPOINT_FORMAT!r}")
         missing = [k for k in ("model", "state_dict", "preprocessing") if k not in ckpt]
