@@ -96,10 +96,6 @@ def fit_classifier(args, path: Path) -> Path:
         labels = np.asarray(labels)[order]
 
     emb = se.load_pretrained(device="cpu")
-    # WORKAROUND (library bug, examples/README.md "Known issues"): without it the saved folder
-    # holds the shipped int8 file, which FewShotClassifier.load() (and so `speckle-embed
-    # classify`) cannot read. Remove once save/load is fixed.
-    emb.checkpoint_path = None
     clf = se.FewShotClassifier(emb).fit(frames, labels, mask=mask)
     print(f"fitted {clf} on classes {clf.classes_.tolist()} ({args.k_shot} frames each)")
     return clf.save(args.out / "classifier")

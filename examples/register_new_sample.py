@@ -81,11 +81,6 @@ def main(argv=None) -> None:
 
     # 1. The shipped embedding (speckle_embed/weights/, int8-compressed, dequantised on load).
     emb = se.load_pretrained(device="cpu")
-    # WORKAROUND (library bug, examples/README.md "Known issues"): clf.save() copies the shipped
-    # int8 file into the classifier folder and FewShotClassifier.load() cannot read that format
-    # back. Without a source file, save() writes a regular (float32) checkpoint instead; the
-    # embedder keeps the shipped weights' hash as its identity. Remove once save/load is fixed.
-    emb.checkpoint_path = None
     print(f"embedder: {emb}")
 
     # 2. New data. Any CXI-like file reads the same way: frames (n, H, W) in photons, a mask
