@@ -38,9 +38,18 @@ the model's field of view raises :class:`ValueError` naming its index (``nan_pol
 refuses any non-finite pixel instead).
 
 Speed: only the window the model sees is converted to float32 (integer frames such as uint16
-are cropped first); inference runs in eval mode under :func:`torch.inference_mode` on a copy of
-the model with BatchNorm folded into the convolutions and channels-last memory; on CUDA
-``precision="bfloat16"`` and ``compile=True`` are available.
+are cropped first, and skip the NaN checks they cannot need); inference runs in eval mode under
+:func:`torch.inference_mode` on a copy of the model with BatchNorm folded into the convolutions
+and channels-last memory; ``precision="bfloat16"`` (CUDA, or CPUs with AVX512-BF16/AMX) and
+``compile=True`` are available.
+
+int8 on the CPU (``docs/int8.md``): ``precision="int8"`` runs the SpeckleNN model with static
+int8 quantization (:mod:`speckle_embed.quantize`); it needs one explicit calibration on
+representative frames, which fixes the activation ranges::
+
+    emb = se.load_pretrained(device="cpu", precision="int8")
+    emb.calibrate_int8(frames[:256], mask=mask)   # once; deterministic for the same frames
+    Z = emb.embed(frames, mask=mask)
 """
 from __future__ import annotations
 
@@ -70,6 +79,7 @@ __all__ = ["SpeckleEmbedder", "CheckpointError", "CHECKPOINT_FORMAT", "file_hash
 CHECKPOINT_FORMAT = "speckle_embed-checkpoint-1"
 
 _SAMPLE_FRAMES = 64  # frames used by scale="auto" / center="auto"
+_PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 class CheckpointError(ValueError):
@@ -134,6 +144,15 @@ def _fold_for_inference(model: nn.Module) -> nn.Module:
             i += 1
         seq._modules = OrderedDict((str(j), mod) for j, mod in enumerate(out))
     return m
+
+
+def _check_int8(device: torch.device, compile: bool) -> None:
+    if device.type != "cpu":
+        raise ValueError(f"precision='int8' runs on the CPU only (quantized kernels of x86/ARM CPUs); "
+                         f"the embedder is on {device}. Use device='cpu', or precision='bfloat16' on CUDA")
+    if compile:
+        raise ValueError("compile=True is not supported with precision='int8' (the int8 module runs "
+                         "eager quantized kernels)")
 
 
 def _params_key(model: nn.Module) -> tuple:
@@ -225,8 +244,10 @@ class SpeckleEmbedder:
     reference_speckle_px : float, optional
         Speckle size (:func:`speckle_embed.scale.speckle_size`) of the training frames in
         training-detector pixels; needed by ``scale="auto"``.
-    precision : {"float32", "bfloat16"}, default "float32"
+    precision : {"float32", "bfloat16", "int8"}, default "float32"
         Autocast dtype of the forward pass; embeddings are always returned as float32.
+        ``"int8"``: static int8 quantization on the CPU (:mod:`speckle_embed.quantize`), after
+        :meth:`calibrate_int8`; not available on CUDA nor with ``compile=True``.
     compile : bool, default False
         ``torch.compile`` the inference copy of the model (the last batch is zero-padded to
         ``batch_size`` so shapes stay static).
@@ -273,13 +294,15 @@ class SpeckleEmbedder:
                              f"preprocessing produces {prep.input_size}x{prep.input_size}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16'; got {precision!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8'; got {precision!r}")
         if nan_policy not in ("mask", "raise"):
             raise ValueError(f"nan_policy must be 'mask' or 'raise'; got {nan_policy!r}")
         if reference_speckle_px is not None and not (np.isfinite(reference_speckle_px) and reference_speckle_px > 0):
             raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
         self.device = _resolve_device(device)
+        if precision == "int8":
+            _check_int8(self.device, compile)
         self.model = model.to(self.device).eval()
         self.preprocessing = prep
         self.batch_size = int(batch_size)
@@ -292,6 +315,8 @@ class SpeckleEmbedder:
         self.metadata = dict(metadata or {})
         self._infer: nn.Module | None = None
         self._infer_key: tuple | None = None
+        self._int8: nn.Module | None = None
+        self._int8_key: tuple | None = None
         self._embedding_size: int | None = getattr(model, "embedding_size", None)
 
     # ------------------------------------------------------------------ construction
@@ -529,6 +554,8 @@ class SpeckleEmbedder:
 
     # ------------------------------------------------------------------ inference
     def _inference_model(self) -> nn.Module:
+        if self.precision == "int8":
+            return self._int8_model()
         key = (_params_key(self.model), str(self.device), self.compile)
         if self._infer is None or self._infer_key != key:
             self.model.eval()
@@ -548,6 +575,91 @@ class SpeckleEmbedder:
                 m = torch.compile(m, dynamic=False)
             self._infer, self._infer_key = m, key
         return self._infer
+
+    def _int8_model(self) -> nn.Module:
+        _check_int8(self.device, self.compile)
+        if self._int8 is None:
+            raise RuntimeError(
+                "precision='int8' needs a calibration first: call emb.calibrate_int8(frames, mask=mask) "
+                "with a few hundred frames like those to embed (same detector, fluence, mask); it fixes "
+                "the int8 activation ranges (docs/int8.md)")
+        if self._int8_key != _params_key(self.model):
+            raise RuntimeError("the model's weights changed (or moved) since calibrate_int8(); call "
+                               "calibrate_int8() again to rebuild the int8 model")
+        return self._int8
+
+    def calibrate_int8(self, frames, mask=None, *, n: int = 256, center=None, scale=None, fc: str = "int8",
+                       engine: str | None = None, chunk_bytes: int | None | str = "default") -> dict:
+        """Build the int8 model used by ``precision="int8"``, calibrated on these frames.
+
+        Post-training static quantization (:func:`speckle_embed.quantize.quantize_specklenn`):
+        up to ``n`` frames, evenly spaced over ``frames`` (deterministic: the same frames give
+        the same int8 model), are preprocessed exactly as :meth:`embed` would (same ``mask``,
+        ``center`` and ``scale``) and fix the range of every int8 activation. Calibrate on
+        frames like those you will embed (detector, fluence, mask); values far outside the
+        calibrated ranges are clipped. The int8 model is cached until the weights change and
+        is not saved in checkpoints: call this again after loading.
+
+        Parameters
+        ----------
+        frames : array_like, Tensor or h5py.Dataset, shape (N, H, W)
+            Representative detector frames (photons).
+        mask, center, scale
+            As :meth:`embed` (a per-frame ``center`` array is subsampled with the frames).
+        n : int, default 256
+            Calibration frames (a few hundred suffice).
+        fc : {"int8", "dynamic", "float32"}, default "int8"
+            How the first fully connected layer runs (:data:`speckle_embed.quantize.FC_MODES`).
+        engine : str, optional
+            Quantized engine (default :func:`speckle_embed.quantize.default_engine`).
+        chunk_bytes : int or None, optional
+            Batches are run in chunks whose largest int8 activation stays below this many bytes
+            (default :data:`speckle_embed.quantize.CHUNK_BYTES`: no page faults of large
+            buffers); ``None`` runs whole batches.
+
+        Returns
+        -------
+        dict
+            ``n`` (frames used), ``engine``, ``fc`` and the agreement with float32 on the
+            calibration frames: ``max_abs_diff``, ``median_abs_diff`` (of ``|z_int8 - z_fp32|``),
+            ``min_cosine``, ``median_cosine``.
+
+        Raises
+        ------
+        ValueError
+            The embedder is not on the CPU, ``n < 1``, or the frames are invalid (as :meth:`embed`).
+        TypeError
+            The model is not SpeckleNN-like (:mod:`speckle_embed.quantize`).
+        """
+        from speckle_embed.quantize import CHUNK_BYTES, quantize_specklenn
+
+        _check_int8(self.device, False)
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer; got {n!r}")
+        x = _check_frames(frames)
+        total = int(x.shape[0])
+        if total == 0:
+            raise ValueError("calibrate_int8 needs at least one frame")
+        idx = np.unique(np.linspace(0, total - 1, min(total, int(n))).round().astype(np.int64))
+        if _is_tensor(x):
+            sub = x[torch.from_numpy(idx)]
+        elif isinstance(x, np.ndarray):
+            sub = x[idx]
+        else:  # h5py-like: increasing indices
+            sub = np.asarray(x[idx.tolist()])
+        if mask is not None:
+            m = mask.detach().cpu().numpy() if _is_tensor(mask) else np.asarray(mask)
+            mask = m[idx] if m.ndim == 3 and m.shape[0] == total else m
+        if center is not None and not isinstance(center, str):
+            c = np.asarray(center.detach().cpu() if _is_tensor(center) else center, dtype=np.float64)
+            if c.ndim == 2 and c.shape[0] == total:
+                center = c[idx]
+        inputs = torch.cat([b for _, _, b in self._batches(sub, mask, center, scale, self.batch_size)])
+        q = quantize_specklenn(self.model, inputs, engine=engine, fc=fc,
+                               chunk_bytes=CHUNK_BYTES if chunk_bytes == "default" else chunk_bytes)
+        self._int8, self._int8_key = q, _params_key(self.model)
+        return {"n": int(len(idx)), "engine": q.engine, "fc": q.fc,
+                **{k: v for k, v in q.calibration.items() if k != "n"}}
 
     def embed(self, frames, mask=None, *, center=None, scale=None, batch_size: int | None = None,
               progress: bool = False) -> np.ndarray:
@@ -581,12 +693,14 @@ class SpeckleEmbedder:
         ValueError
             Wrong number of dimensions, non-numeric dtype, a mask of the wrong shape, a bad
             ``scale``/``center``, or a frame without any finite unmasked pixel in the model's
-            field of view (the message names its index).
+            field of view (the message names its index); ``precision="int8"`` on CUDA.
+        RuntimeError
+            ``precision="int8"`` before :meth:`calibrate_int8`, or after the weights changed.
         """
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8'; got {self.precision!r}")
         x = _check_frames(frames)
-        n, h, w = (int(v) for v in x.shape)
-        bad = _check_mask(mask, n, (h, w))
-        prep = self.preprocessing
+        n = int(x.shape[0])
         bs = self.batch_size if batch_size is None else int(batch_size)
         if bs < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -594,6 +708,42 @@ class SpeckleEmbedder:
         out = np.empty((n, d), dtype=np.float32)
         if n == 0:
             return out
+        model = self._inference_model()
+        dev = self.device
+        autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if self.precision == "bfloat16"
+                    else _nullcontext())
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="pattern", unit_scale=True, desc="embed", dynamic_ncols=True)
+        try:
+            with torch.inference_mode():
+                for start, stop, inputs in self._batches(x, mask, center, scale, bs):
+                    m = inputs.shape[0]
+                    if self.compile and m < bs:
+                        inputs = torch.cat([inputs, inputs.new_zeros((bs - m,) + inputs.shape[1:])])
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                    with autocast:
+                        z = model(inputs)
+                    z = F.normalize(z[:m].float(), dim=1)
+                    out[start:stop] = z.cpu().numpy()
+                    if bar is not None:
+                        bar.update(m)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    __call__ = embed
+
+    def _batches(self, frames, mask, center, scale, bs: int):
+        """``(start, stop, inputs)`` for consecutive batches: the model inputs (n, 1, S, S) of
+        frames ``start:stop`` preprocessed as :meth:`embed` does (geometry checked first)."""
+        x = _check_frames(frames)
+        n, h, w = (int(v) for v in x.shape)
+        bad = _check_mask(mask, n, (h, w))
+        prep = self.preprocessing
 
         # -- geometry
         centers = None
@@ -626,10 +776,7 @@ class SpeckleEmbedder:
             raise ValueError(f"scale must be a positive finite number (input pixels per model pixel); got {scale!r}")
         s = float(s)
 
-        model = self._inference_model()
         dev = self.device
-        autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if self.precision == "bfloat16"
-                    else _nullcontext())
         bad_dev = None
         if centers is None:
             r0, r1, c0, c1 = _window(h, w, cy, cx, prep.input_size, s)
@@ -638,49 +785,35 @@ class SpeckleEmbedder:
                     raise ValueError("the mask leaves no valid pixel in the model's field of view "
                                      f"(rows {r0}:{r1}, cols {c0}:{c1} of the {h}x{w} frame)")
                 bad_dev = torch.from_numpy(np.ascontiguousarray(bad[r0:r1, c0:c1])).to(dev)
-
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, unit="pattern", unit_scale=True, desc="embed", dynamic_ncols=True)
-        try:
-            with torch.inference_mode():
-                for start in range(0, n, bs):
-                    stop = min(start + bs, n)
-                    if centers is None:
-                        inputs = self._prepare(x, start, stop, (r0, r1, c0, c1), bad, bad_dev, cy, cx, s)
-                    else:
-                        inputs = torch.cat([
-                            self._prepare(x, i, i + 1, _window(h, w, centers[i, 0], centers[i, 1],
-                                                               prep.input_size, s),
-                                          bad, None, centers[i, 0], centers[i, 1], s)
-                            for i in range(start, stop)])
-                    m = inputs.shape[0]
-                    if self.compile and m < bs:
-                        inputs = torch.cat([inputs, inputs.new_zeros((bs - m,) + inputs.shape[1:])])
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                    with autocast:
-                        z = model(inputs)
-                    z = F.normalize(z[:m].float(), dim=1)
-                    out[start:stop] = z.cpu().numpy()
-                    if bar is not None:
-                        bar.update(m)
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
-
-    __call__ = embed
+        with torch.inference_mode():
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                if centers is None:
+                    inputs = self._prepare(x, start, stop, (r0, r1, c0, c1), bad, bad_dev, cy, cx, s)
+                else:
+                    inputs = torch.cat([
+                        self._prepare(x, i, i + 1, _window(h, w, centers[i, 0], centers[i, 1],
+                                                           prep.input_size, s),
+                                      bad, None, centers[i, 0], centers[i, 1], s)
+                        for i in range(start, stop)])
+                yield start, stop, inputs
 
     def _prepare(self, x, start: int, stop: int, win, bad, bad_dev, cy: float, cx: float,
                  s: float) -> torch.Tensor:
-        """Model inputs (n, 1, S, S) of frames ``start:stop``: crop, convert, check, preprocess."""
+        """Model inputs (n, 1, S, S) of frames ``start:stop``: crop, convert, check, preprocess.
+
+        Same result as :func:`~speckle_embed.preprocess.preprocess` of the whole frames (up to
+        float rounding), in fewer passes over memory: integer frames cannot hold NaN/inf, a
+        frame-independent mask is applied as one (h, w) plane, and the standardisation is done
+        in place (:func:`_standardise`).
+        """
         r0, r1, c0, c1 = win
         dev = self.device
         if _is_tensor(x):
+            integer = not (x.is_floating_point() or x.is_complex())
             t = x[start:stop, r0:r1, c0:c1].to(device=dev, dtype=torch.float32)
         else:
+            integer = np.dtype(x.dtype).kind in "iu"
             block = x[start:stop, r0:r1, c0:c1]
             t = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(dev)
         if bad_dev is not None:
@@ -690,20 +823,75 @@ class SpeckleEmbedder:
             m = torch.from_numpy(np.ascontiguousarray(sub)).to(dev)
         else:
             m = None
-        finite = torch.isfinite(t)
-        if self.nan_policy == "raise":
-            ok_all = finite.flatten(1).all(1) if m is None else (finite | m).flatten(1).all(1)
-            if not bool(ok_all.all()):
-                i = start + int(torch.nonzero(~ok_all)[0, 0])
-                raise ValueError(f"frame {i} has NaN/inf pixels in the model's field of view "
-                                 f"(rows {r0}:{r1}, cols {c0}:{c1}) and nan_policy='raise'")
-        good = finite if m is None else finite & ~m
-        has = good.flatten(1).any(1)
-        if not bool(has.all()):
-            i = start + int(torch.nonzero(~has)[0, 0])
-            raise ValueError(f"frame {i} has no finite, unmasked pixel in the model's field of view "
-                             f"(rows {r0}:{r1}, cols {c0}:{c1}): entirely NaN/inf or masked")
-        return preprocess(t, self.preprocessing, mask=m, center=(cy - r0, cx - c0), scale=s)
+        if integer:  # every pixel finite: only the mask decides (the 2-D mask was checked in _batches)
+            good = None if m is None else ~m
+            if m is not None and m.ndim == 3:
+                has = good.flatten(1).any(1)
+                if not bool(has.all()):
+                    i = start + int(torch.nonzero(~has)[0, 0])
+                    raise ValueError(f"frame {i} has no finite, unmasked pixel in the model's field of view "
+                                     f"(rows {r0}:{r1}, cols {c0}:{c1}): entirely NaN/inf or masked")
+        else:
+            finite = torch.isfinite(t)
+            if self.nan_policy == "raise":
+                ok_all = finite.flatten(1).all(1) if m is None else (finite | m).flatten(1).all(1)
+                if not bool(ok_all.all()):
+                    i = start + int(torch.nonzero(~ok_all)[0, 0])
+                    raise ValueError(f"frame {i} has NaN/inf pixels in the model's field of view "
+                                     f"(rows {r0}:{r1}, cols {c0}:{c1}) and nan_policy='raise'")
+            good = finite if m is None else finite & ~m
+            has = good.flatten(1).any(1)
+            if not bool(has.all()):
+                i = start + int(torch.nonzero(~has)[0, 0])
+                raise ValueError(f"frame {i} has no finite, unmasked pixel in the model's field of view "
+                                 f"(rows {r0}:{r1}, cols {c0}:{c1}): entirely NaN/inf or masked")
+            if m is None and bool(finite.all()):
+                good = None
+        return _preprocess_window(t, good, self.preprocessing, cy - r0, cx - c0, s)
+
+
+def _preprocess_window(t: torch.Tensor, good: torch.Tensor | None, prep: Preprocessing, cy: float, cx: float,
+                       s: float) -> torch.Tensor:
+    """:func:`~speckle_embed.preprocess.preprocess` of a float32 window ``t`` (n, h, w) whose usable
+    pixels are ``good`` ((h, w), (n, h, w) or None = all); returns (n, 1, S, S)."""
+    from speckle_embed.preprocess import resample_center
+
+    size = prep.input_size
+    n, h, w = t.shape
+    r0, c0 = cy - (size - 1) / 2, cx - (size - 1) / 2
+    if s == 1.0 and float(r0).is_integer() and float(c0).is_integer() and r0 >= 0 and c0 >= 0 \
+            and r0 + size <= h and c0 + size <= w:  # plain crop (the case of resample_center)
+        r0, c0 = int(r0), int(c0)
+        x = t[:, r0:r0 + size, c0:c0 + size]
+        valid = None if good is None else good[..., r0:r0 + size, c0:c0 + size]
+    else:
+        g = torch.ones((h, w), dtype=torch.bool, device=t.device) if good is None else good
+        x, valid = resample_center(t, g.expand(n, h, w), size, s, (cy, cx))
+    return _standardise(x, valid, log=prep.log, eps=prep.eps)[:, None]
+
+
+def _standardise(x: torch.Tensor, valid: torch.Tensor | None, *, log: bool, eps: float) -> torch.Tensor:
+    """:func:`~speckle_embed.preprocess.normalise` (log1p, per-frame standardisation over the valid
+    pixels, invalid -> 0) with one new tensor and in-place passes; ``valid`` (h, w), (n, h, w)
+    or None (all valid)."""
+    y = x.clamp_min(0.0)  # new, contiguous
+    n = y.shape[0]
+    if valid is not None:
+        y.masked_fill_(~valid, 0.0)
+    if log:
+        y.log1p_()  # log1p(0) = 0 keeps invalid pixels at 0
+    flat = y.view(n, -1)
+    if valid is None:
+        var, mean = torch.var_mean(flat, dim=1, correction=0, keepdim=True)
+        flat.sub_(mean).div_(var.sqrt_().add_(eps))
+        return y
+    vf = (valid.reshape(1, -1) if valid.ndim == 2 else valid.reshape(n, -1)).to(y.dtype)
+    count = vf.sum(1, keepdim=True).clamp_min(1.0)
+    mean = flat.sum(1, keepdim=True) / count
+    flat.sub_(mean).mul_(vf)  # invalid pixels back to 0
+    std = torch.linalg.vector_norm(flat, dim=1, keepdim=True).div_(count.sqrt())
+    flat.div_(std.add_(eps))
+    return y
 
 
 class _nullcontext:
