@@ -235,9 +235,17 @@ def test_online_protocol_rows_and_selections(online_file):
     assert sel["truth"].sum() == 40 - 15
 
 
-@pytest.mark.timeout(300)
-def test_online_protocol_finetunes_from_a_checkpoint(online_file, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for this test only (the global setting is restored)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.timeout(300)
+def test_online_protocol_finetunes_from_a_checkpoint(online_file, tmp_path, one_thread):
     emb = SpeckleEmbedder.random_init(seed=0, device="cpu")
     s = load_labelled_sets(online_file)[0]
     res = online_protocol(emb, s, heads={}, detector_fractions=(1.0,), n_train=10, n_val=5, k_shot=3, n_query=8,

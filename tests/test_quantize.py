@@ -156,7 +156,8 @@ def test_calibration_is_required_and_deterministic(frames, mask):
     z1 = e8.embed(frames[:6], mask=mask)
     e8.calibrate_int8(frames, mask=mask, n=16)
     np.testing.assert_array_equal(e8.embed(frames[:6], mask=mask), z1)
-    np.testing.assert_array_equal(e8.embed(frames[:6], mask=mask, batch_size=4), z1)
+    # other batch splits: same int8 arithmetic; the float tail may round differently (1 thread)
+    np.testing.assert_allclose(e8.embed(frames[:6], mask=mask, batch_size=4), z1, rtol=0, atol=1e-6)
     with torch.no_grad():
         e32.model.head[3].bias.add_(0.01)  # the weights change: the int8 model is stale
     with pytest.raises(RuntimeError, match="calibrate_int8"):
