@@ -37,6 +37,19 @@ def write_bytes_atomically(data: bytes, final) -> Path:
     return replace_atomically(lambda f: f.write(data), final)
 
 
+def save_figure_atomically(fig, final, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure to ``final`` as PNG atomically, then close it.
+
+    ``savefig_kwargs`` go to :meth:`matplotlib.figure.Figure.savefig` (``dpi``, ``bbox_inches``).
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        return replace_atomically(lambda f: fig.savefig(f, format="png", **savefig_kwargs), final)
+    finally:
+        plt.close(fig)
+
+
 def build_directory_atomically(directory, write) -> Path:
     """Build a directory in a ``.tmp`` sibling with ``write(tmp_dir)``, then swap it into place.
 

@@ -1,7 +1,8 @@
 """The embedding shipped inside the package, and the compression that makes it fit.
 
 ``se.load_pretrained()`` returns a :class:`~speckle_embed.embedder.SpeckleEmbedder` built from
-``speckle_embed/weights/<name>.pt`` (no network access). The model card is
+``speckle_embed/weights/<name>.pt`` (no network access; ``SpeckleEmbedder.from_checkpoint`` reads
+the compressed format through :func:`expand_checkpoint`). The model card is
 ``speckle_embed/weights/MODEL_CARD.md``: training data, command, seed and the evaluation
 suite's numbers.
 
@@ -160,14 +161,4 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, *, device: str | torch.devic
     if not file.is_file():
         raise FileNotFoundError(f"no pretrained embedding {name!r} at {file}; available: "
                                 f"{available_pretrained() or 'none (was the package installed without its weights?)'}")
-    data = file.read_bytes()
-    try:
-        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors
-        raise CheckpointError(f"pretrained weights {file} are corrupt: {type(exc).__name__}: {exc}") from exc
-    ckpt = expand_checkpoint(raw, file)
-    model, prep, ref, meta = SpeckleEmbedder._parse_checkpoint(ckpt, file)
-    emb = SpeckleEmbedder(model, prep, device=device, checkpoint_hash=hashlib.sha256(data).hexdigest()[:16],
-                          reference_speckle_px=ref, metadata=meta, **kwargs)
-    emb.checkpoint_path = file
-    return emb
+    return SpeckleEmbedder.from_checkpoint(file, device=device, weights_only=True, **kwargs)

@@ -127,11 +127,11 @@ def _pick_supports(hit: np.ndarray, classes, k: int, seed: int) -> np.ndarray:
 
 
 def _metrics(pred: np.ndarray, true: np.ndarray) -> dict:
-    tp = int(np.sum((pred == "single") & (true == "single")))
-    fp = int(np.sum((pred == "single") & (true != "single")))
-    fn = int(np.sum((pred != "single") & (true == "single")))
-    return {"accuracy": float(np.mean(pred == true)), "f1_single": 2 * tp / max(1, 2 * tp + fp + fn),
-            "precision_single": tp / max(1, tp + fp), "recall_single": tp / max(1, tp + fn),
+    from speckle_embed.evaluation.selection import selection_metrics
+
+    single = selection_metrics(pred == "single", true == "single")
+    return {"accuracy": float(np.mean(pred == true)), "f1_single": single["f1"],
+            "precision_single": single["precision"], "recall_single": single["recall"],
             "n_queries": int(true.size)}
 
 
@@ -140,7 +140,7 @@ def _figure(path: Path, frames, mask, support_idx, query_idx, labels, pred, z_su
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from speckle_embed.atomic import replace_atomically
+    from speckle_embed.atomic import save_figure_atomically
 
     h, w = frames.shape[1:]
     c = min(h, w, 96) // 2  # the central window the model sees
@@ -190,13 +190,7 @@ def _figure(path: Path, frames, mask, support_idx, query_idx, labels, pred, z_su
     ax.set_xticks([])
     ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-
-    replace_atomically(write, path)
-    plt.close(fig)
-    return path
+    return save_figure_atomically(fig, path, dpi=100, bbox_inches="tight")
 
 
 def run_demo(cfg: Mapping[str, Any]) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 from speckle_embed.evaluation import figures
 from speckle_embed.evaluation.labelled import load_labelled_sets
 from speckle_embed.evaluation.offline import fluence_scan, kshot_protocol, size_table, tsne_embeddings
-from speckle_embed.evaluation.online import detector_fraction_mask, online_protocol
+from speckle_embed.evaluation.online import online_protocol
 from speckle_embed.evaluation.report import Report
 
 __all__ = ["run", "code_version", "load_embedder"]
@@ -191,9 +191,7 @@ def _online(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: i
         query_frames = s.frames[res["query_index"]]
         for tag, sel in res["selections"].items():
             truth = sel.pop("truth")
-            frac = float(tag.rstrip("%")) / 100
-            mask = (np.zeros(s.frames.shape[1:], np.uint16) if s.mask is None else s.mask) \
-                | detector_fraction_mask(s.frames.shape[1:], frac)
+            mask = res["masks"][tag]
             rep = selection_report(sel, truth, frames=query_frames, mask=mask)
             profiles = {**rep.pop("profiles"), "true singles": rep.pop("profile_truth")}
             sel_numbers[tag] = rep
@@ -208,10 +206,10 @@ def _online(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: i
             methods = rep["names"]
             report.table(["IoU of selections"] + methods,
                          [[a] + list(row) for a, row in zip(methods, rep["iou"])])
-            report.figure(plot_psd(profiles, out / f"online_{s.name}_psd_{int(100 * frac)}.png"),
+            report.figure(plot_psd(profiles, out / f"online_{s.name}_psd_{tag.rstrip('%')}.png"),
                           f"Angular average (PSD) of the mean selected pattern, {tag} of the detector")
         numbers.setdefault("online", {})[s.name] = {k: v for k, v in res.items()
-                                                   if k not in ("selections", "query_index")}
+                                                   if k not in ("selections", "masks", "query_index")}
         numbers["online"][s.name]["selection"] = sel_numbers
     numbers.setdefault("online", {})["seconds"] = time.perf_counter() - t0
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speckle_embed.atomic import save_figure_atomically
+
 __all__ = ["PAPER", "plot_kshot", "plot_fluence_scan", "plot_size", "plot_tsne", "plot_confusions",
            "plot_online"]
 
@@ -32,11 +34,7 @@ def _plt():
 
 
 def _save(fig, path) -> Path:
-    path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+    return save_figure_atomically(fig, Path(os.fspath(path)), dpi=110, bbox_inches="tight")
 
 
 def plot_kshot(kshot: Mapping, path) -> Path:

@@ -20,14 +20,15 @@ from __future__ import annotations
 import copy
 import math
 import os
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from speckle_embed.evaluation.episodes import Episode, evaluate_episodes
 from speckle_embed.evaluation.labelled import LabelledSet
+from speckle_embed.evaluation.selection import selection_metrics
 
 __all__ = ["detector_fraction_mask", "split_labelled_pool", "online_protocol", "head_config_for",
            "finetune_embedder", "write_labelled_pool", "ONLINE_CLASSES"]
@@ -234,13 +235,6 @@ def finetune_embedder(embedder, frames: np.ndarray, hit: np.ndarray, mask: np.nd
     return SpeckleEmbedder.from_checkpoint(result.best_checkpoint, device=embedder.device)
 
 
-def _binary_metrics(pred: np.ndarray, truth: np.ndarray, positive: int = 1) -> dict:
-    p, t = pred == positive, truth == positive
-    tp, fp, fn = int(np.sum(p & t)), int(np.sum(p & ~t)), int(np.sum(~p & t))
-    return {"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
-            "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0}
-
-
 def _single_pr(confusion, classes) -> dict:
     """Precision and recall of the single-hit class (code 1) from a confusion matrix."""
     if 1 not in classes or confusion is None:
@@ -260,7 +254,9 @@ def _score_predictions(pred_by_frame: np.ndarray, hit: np.ndarray, episodes: Seq
     for t, p in zip(true, pred):
         if int(p) in pos:
             conf[pos[int(t)], pos[int(p)]] += 1
-    return {"accuracy": float(np.mean(pred == true)), **_binary_metrics(pred, true),
+    single = selection_metrics(pred == 1, true == 1)
+    return {"accuracy": float(np.mean(pred == true)),
+            **{k: single[k] for k in ("precision", "recall", "f1")},
             "n_queries": int(qidx.size), "confusion": conf.tolist(), "confusion_classes": list(classes)}
 
 
@@ -299,7 +295,8 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
     dict
         ``rows``: one per (fraction, method) with accuracy, F1 (single positive), precision,
         recall and confusion; ``selections``: per fraction, method -> boolean single-hit
-        selection over the query pool (plus ``"truth"``); ``split`` sizes.
+        selection over the query pool (plus ``"truth"``); ``masks``: per fraction, the mask
+        used (file mask | detector-fraction mask); ``split`` sizes.
     """
     from speckle_embed.fewshot_rules import get_rule
     from speckle_embed.heads import head_from_config
@@ -312,21 +309,27 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
     episodes = _episodes(hit, train, query, classes=classes, k_shot=k_shot, n_query=n_query,
                          n_tasks=n_tasks, seed=seed)
     base = np.zeros(data.frames.shape[1:], np.uint16) if data.mask is None else data.mask.astype(np.uint16)
-    rows, selections = [], {}
-    for fraction in detector_fractions:
-        mask = base | detector_fraction_mask(base.shape, float(fraction))
-        tag = f"{100 * fraction:g}%"
-        z = np.asarray(embedder.embed(data.frames, mask=mask, **dict(embed_kwargs or {})), dtype=np.float32)
+    def speckle_row(z: np.ndarray, method: str, tag: str, fraction: float) -> tuple[dict, np.ndarray]:
+        """Score the episodes on embeddings ``z``; single-hit selection over the whole query pool
+        with the first episode's supports."""
         res = evaluate_episodes(z, episodes, rule=rule)
-        rows.append({"detector": tag, "fraction": float(fraction), "method": "SpeckleNN (few-shot)",
-                     "accuracy": res["accuracy"], "f1": res["f1"], **_single_pr(res["confusion"], classes),
-                     "n_queries": res["n_queries"], "confusion": res["confusion"],
-                     "confusion_classes": list(classes)})
-        # single-hit selection over the whole query pool with the first episode's supports
+        row = {"detector": tag, "fraction": float(fraction), "method": method, "accuracy": res["accuracy"],
+               "f1": res["f1"], **_single_pr(res["confusion"], classes), "n_queries": res["n_queries"],
+               "confusion": res["confusion"], "confusion_classes": list(classes)}
         index = SupportIndex(z.shape[1], use_gpu=False)
         index.add(z[episodes[0].support_idx], episodes[0].support_labels)
         pred = np.asarray(classes)[get_rule(rule)(index, z[query], n_classes=len(classes)).argmin(1)]
-        sel = {"SpeckleNN (few-shot)": pred == 1}
+        return row, pred == 1
+
+    rows, selections, masks = [], {}, {}
+    for fraction in detector_fractions:
+        mask = base | detector_fraction_mask(base.shape, float(fraction))
+        tag = f"{100 * fraction:g}%"
+        masks[tag] = mask
+        z = np.asarray(embedder.embed(data.frames, mask=mask, **dict(embed_kwargs or {})), dtype=np.float32)
+        row, single = speckle_row(z, "SpeckleNN (few-shot)", tag, fraction)
+        rows.append(row)
+        sel = {row["method"]: single}
         if finetune and finetune.get("enabled", False):
             if run_dir is None:
                 raise ValueError("finetune needs run_dir (where the training run is written)")
@@ -336,15 +339,9 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
                                       {k: v for k, v in finetune.items() if k != "enabled"},
                                       classes=classes, n_train=n_train, n_val=n_val, seed=seed)
             zt = np.asarray(tuned.embed(data.frames, mask=mask), dtype=np.float32)
-            res_t = evaluate_episodes(zt, episodes, rule=rule)
-            rows.append({"detector": tag, "fraction": float(fraction), "method": "SpeckleNN (fine-tuned)",
-                         "accuracy": res_t["accuracy"], "f1": res_t["f1"],
-                         **_single_pr(res_t["confusion"], classes), "n_queries": res_t["n_queries"],
-                         "confusion": res_t["confusion"], "confusion_classes": list(classes)})
-            index_t = SupportIndex(zt.shape[1], use_gpu=False)
-            index_t.add(zt[episodes[0].support_idx], episodes[0].support_labels)
-            pred_t = np.asarray(classes)[get_rule(rule)(index_t, zt[query], n_classes=len(classes)).argmin(1)]
-            sel["SpeckleNN (fine-tuned)"] = pred_t == 1
+            row, single = speckle_row(zt, "SpeckleNN (fine-tuned)", tag, fraction)
+            rows.append(row)
+            sel[row["method"]] = single
         for name, cfg in (heads or {}).items():
             if not cfg:  # heads.<name>=null switches a head off
                 continue
@@ -358,7 +355,7 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
             sel[str(name)] = pred_frames[query] == 1
         sel["truth"] = hit[query] == 1
         selections[tag] = sel
-    return {"rows": rows, "selections": selections, "query_index": query,
+    return {"rows": rows, "selections": selections, "masks": masks, "query_index": query,
             "split": {"train": int(train.size), "val": int(val.size), "query": int(query.size)},
             "k_shot": int(k_shot), "n_query": int(min(n_query, *(np.sum(hit[query] == c) for c in classes))),
             "n_tasks": int(n_tasks), "classes": list(classes), "rule": rule,

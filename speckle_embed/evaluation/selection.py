@@ -32,7 +32,6 @@ Examples
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -596,8 +595,6 @@ def plot_psd(profiles: Mapping[Any, tuple], path, *, title: str | None = None,
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from speckle_embed.atomic import save_figure_atomically
+
+    return save_figure_atomically(fig, path, dpi=100)

@@ -51,6 +51,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from speckle_embed.atomic import save_figure_atomically
 from speckle_embed.losses import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletLoss
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
@@ -250,11 +251,7 @@ def plot_learning_curve(history: list[dict], path, episodes: str = "2-way 5-shot
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure_atomically(fig, path, dpi=100)
 
 
 class _Trainer:
