@@ -38,6 +38,8 @@ __all__ = [
     "CorruptShardError",
     "ShardInfo",
     "FrameLabels",
+    "fit_to_shape",
+    "fit_mask",
     "ShardIndex",
     "SpeckleH5Dataset",
     "discover_shards",
@@ -388,6 +390,91 @@ def _read_rows(ds: h5py.Dataset, path: Path, rows: np.ndarray, check_finite: boo
     return out
 
 
+def fit_to_shape(frames: np.ndarray, shape, fill=0) -> np.ndarray:
+    """Centre-crop and/or pad the last two axes of ``frames`` to ``shape = (H, W)``.
+
+    The beam centre of a detector frame is its geometric centre ``((h-1)/2, (w-1)/2)``
+    (the convention of :func:`speckle_embed.preprocess.resample_center`), so a frame of
+    ``(h, w)`` pixels is placed with its centre on the centre of the ``(H, W)`` window: when
+    ``H - h`` is even the centre is kept exactly; when it is odd the frame lands half a pixel
+    off (the smaller side gets the extra row/column of padding or cropping).
+
+    Parameters
+    ----------
+    frames : ndarray (..., h, w)
+    shape : (H, W)
+    fill : scalar
+        Value of the padded pixels (padding is also what :func:`fit_mask` marks bad).
+
+    Returns
+    -------
+    ndarray (..., H, W), same dtype; ``frames`` itself if the shape already matches.
+    """
+    H, W = (int(v) for v in shape)
+    h, w = frames.shape[-2:]
+    if (h, w) == (H, W):
+        return frames
+    out = np.full(frames.shape[:-2] + (H, W), fill, dtype=frames.dtype)
+    src, dst = [], []
+    for n_in, n_out in ((h, H), (w, W)):
+        if n_out >= n_in:   # pad
+            o = (n_out - n_in) // 2
+            src.append(slice(0, n_in))
+            dst.append(slice(o, o + n_in))
+        else:               # crop
+            o = (n_in - n_out) // 2
+            src.append(slice(o, o + n_out))
+            dst.append(slice(0, n_out))
+    out[..., dst[0], dst[1]] = frames[..., src[0], src[1]]
+    return out
+
+
+def fit_mask(bad: np.ndarray | None, native_shape, shape) -> np.ndarray:
+    """Bad-pixel mask (True = bad) of frames fitted by :func:`fit_to_shape`: padding is bad.
+
+    Parameters
+    ----------
+    bad : ndarray of bool (h, w) or None
+        The shard's own mask (None: every pixel good).
+    native_shape : (h, w)
+        The shard's frame size.
+    shape : (H, W)
+        The common size.
+
+    Returns
+    -------
+    ndarray of bool (H, W)
+    """
+    base = np.zeros(tuple(native_shape), dtype=bool) if bad is None else np.asarray(bad, dtype=bool)
+    if base.shape != tuple(native_shape):
+        raise DatasetError(f"mask shape {base.shape} does not match the frame shape {tuple(native_shape)}")
+    return fit_to_shape(base, shape, fill=True)
+
+
+def _common_shape(infos, frame_shape) -> tuple[int, int]:
+    shapes = [info.frame_shape for info in infos]
+    if frame_shape is None:
+        for info in infos[1:]:
+            if info.frame_shape != infos[0].frame_shape:
+                raise DatasetError(
+                    f"frames of mixed sizes: {infos[0].path} has (H, W) = {infos[0].frame_shape} "
+                    f"but {info.path} has {info.frame_shape}; give a common frame_shape "
+                    f"(training: data.frame_shape=max or data.frame_shape=[H,W]) to centre-crop/pad "
+                    f"every shard to it (padding is masked as bad pixels)")
+        return infos[0].frame_shape
+    if isinstance(frame_shape, str):
+        if frame_shape != "max":
+            raise ValueError(f"frame_shape must be None, 'max' or (H, W); got {frame_shape!r}")
+        return (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    try:
+        h, w = (int(v) for v in frame_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"frame_shape must be None, 'max' or (H, W); got {frame_shape!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"frame_shape must be positive; got {frame_shape!r}")
+    return (h, w)
+
+
 # ----------------------------------------------------------------------------- index
 class ShardIndex:
     """Frame index over a list of shard files, with labels but without frames in memory.
@@ -412,13 +499,19 @@ class ShardIndex:
         Search directories recursively.
     max_open_files : int, optional
         Files kept open per process (least recently used are closed). Default 64.
+    frame_shape : None, "max" or (H, W), optional
+        Size the frames are read at. None (default): every shard must have the same size.
+        ``"max"`` or ``(H, W)``: shards of other sizes (e.g. a 128x128 pnCCD next to a
+        172x172 detector) are centre-cropped/padded to it by :func:`fit_to_shape` (``"max"``:
+        the largest height and width); :meth:`shard_mask` marks the padding bad.
 
     Attributes
     ----------
     shards : tuple of ShardInfo
+        ``ShardInfo.frame_shape`` is each file's own size.
     offsets : ndarray of int64, shape (n_shards + 1,)
     frame_shape : tuple of int
-        ``(H, W)`` common to all shards.
+        ``(H, W)`` of every frame read (common to all shards).
     labels : FrameLabels
         Labels of every frame, shape ``(len(self),)``.
     structure_names : tuple of str
@@ -432,24 +525,21 @@ class ShardIndex:
 
     def __init__(self, paths, data_path: str = DEFAULT_DATA_PATH, *,
                  structure_names: Sequence[str] | None = None, check_finite: bool = False,
-                 recursive: bool = False, max_open_files: int = 64):
+                 recursive: bool = False, max_open_files: int = 64, frame_shape=None):
         self.data_path = data_path
         self.check_finite = bool(check_finite)
         files = discover_shards(paths, recursive=recursive)
         infos, hits, nparts, sids = [], [], [], []
         for p in files:
             info, hit, npart, sid = _scan_file(p, data_path)
-            if infos and info.frame_shape != infos[0].frame_shape:
-                raise DatasetError(
-                    f"frames of mixed sizes: {infos[0].path} has (H, W) = {infos[0].frame_shape} "
-                    f"but {p} has {info.frame_shape}")
             infos.append(info)
             hits.append(hit)
             nparts.append(npart)
             sids.append(sid)
         self.shards: tuple[ShardInfo, ...] = tuple(infos)
         self.offsets = np.concatenate([[0], np.cumsum([s.n_frames for s in infos])]).astype(np.int64)
-        self.frame_shape: tuple[int, int] = infos[0].frame_shape
+        self.frame_shape: tuple[int, int] = (_common_shape(infos, frame_shape) if infos
+                                             else (0, 0))
         if int(self.offsets[-1]) == 0:
             raise DatasetError(f"the shards hold no frames: {', '.join(str(p) for p in files)}")
 
@@ -516,8 +606,19 @@ class ShardIndex:
     def read_frame(self, index: int) -> np.ndarray:
         """Frame at dataset index ``index`` as float32 ``(H, W)`` photons."""
         s, local = self.locate(index)
-        return _read_rows(self._dataset(s), self.shards[s].path, np.array([local]),
-                          self.check_finite, np.array([int(self.offsets[s]) + local]))[0]
+        rows = _read_rows(self._dataset(s), self.shards[s].path, np.array([local]),
+                          self.check_finite, np.array([int(self.offsets[s]) + local]))
+        return fit_to_shape(rows, self.frame_shape)[0]
+
+    def shard_mask(self, shard: int, mask_path: str | None = None) -> np.ndarray:
+        """Bad-pixel mask (True = bad) of shard ``shard`` at :attr:`frame_shape`, bool (H, W).
+
+        The file's CXI mask (:func:`read_mask`; none = every pixel good), with the pixels
+        added by centre-padding (see ``frame_shape``) marked bad.
+        """
+        info = self.shards[shard]
+        m = read_mask(info.path, mask_path)
+        return fit_mask(None if m is None else m != 0, info.frame_shape, self.frame_shape)
 
     def read_frames(self, indices) -> np.ndarray:
         """Frames at dataset indices ``indices`` (any order) as float32 ``(k, H, W)``."""
@@ -527,8 +628,8 @@ class ShardIndex:
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
             local = idx[sel] - self.offsets[s]
-            out[sel] = _read_rows(self._dataset(int(s)), self.shards[s].path, local,
-                                  self.check_finite, idx[sel])
+            out[sel] = fit_to_shape(_read_rows(self._dataset(int(s)), self.shards[s].path, local,
+                                               self.check_finite, idx[sel]), self.frame_shape)
         return out
 
     def verify_finite(self, block_frames: int = 64) -> None:
@@ -573,8 +674,8 @@ def open_dataset(paths_or_dir, data_path: str = DEFAULT_DATA_PATH, **kwargs) -> 
     data_path : str, optional
         HDF5 path of the ``(n, H, W)`` frames (default ``/entry_1/data_1/data``).
     **kwargs
-        ``structure_names``, ``check_finite``, ``recursive``, ``max_open_files`` of
-        :class:`ShardIndex`.
+        ``structure_names``, ``check_finite``, ``recursive``, ``max_open_files``,
+        ``frame_shape`` of :class:`ShardIndex`.
 
     Returns
     -------

@@ -53,6 +53,10 @@ class DataConfig:
         ``simulate`` package); ``generate`` holds the simulator's arguments.
     max_open_files : int
         HDF5 files kept open at once.
+    frame_shape : None, "max" or [H, W]
+        Common frame size when the folders mix detectors (e.g. 172x172 and a 128x128 pnCCD):
+        every shard is centre-cropped/padded to it and the padding is masked as bad pixels
+        (``"max"``: the largest height and width). None: all shards must have one size.
     """
 
     dirs: list = field(default_factory=lambda: ["data/simulated/procedural"])
@@ -68,8 +72,11 @@ class DataConfig:
     generate_if_missing: bool = False
     generate: dict = field(default_factory=dict)
     max_open_files: int = 64
+    frame_shape: object = None
 
     def __post_init__(self):
+        if self.frame_shape is not None and not isinstance(self.frame_shape, str):
+            self.frame_shape = [int(v) for v in self.frame_shape]
         if isinstance(self.dirs, str):
             self.dirs = [self.dirs]
         self.dirs = [str(d) for d in self.dirs]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from speckle_embed.data.h5dataset import (HIT_CLASSES, SHARD_SUFFIXES, DatasetError, ShardIndex,
-                                          open_dataset, read_mask)
+                                          open_dataset)
 
 from .config import DataConfig, EvalConfig
 from .split import frames_of_structures, split_by_class, split_by_structure
@@ -171,7 +171,8 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
     dirs = [_absolute(d, base_dir) for d in cfg.dirs]
     ensure_dataset(dirs, cfg.generate, enabled=cfg.generate_if_missing)
     index = open_dataset([str(d) for d in dirs], cfg.data_path, check_finite=True,
-                         recursive=cfg.recursive, max_open_files=cfg.max_open_files)
+                         recursive=cfg.recursive, max_open_files=cfg.max_open_files,
+                         frame_shape=cfg.frame_shape)
     labels = index.labels
     where = ", ".join(str(d) for d in dirs)
     known = (labels.hit_class >= 0)
@@ -220,10 +221,7 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
         raise ValueError(f"no training frames in {where}")
     val_keep = _cap_per_group(np.arange(val_all.size), val_structure, val_hit, int(ev.max_per_class),
                               ev.seed) if val_all.size else np.zeros(0, dtype=np.int64)
-    masks = []
-    for info in index.shards:
-        m = read_mask(info.path)
-        masks.append(np.zeros(index.frame_shape, dtype=bool) if m is None else m != 0)
+    masks = [index.shard_mask(s) for s in range(len(index.shards))]
     logger.info("training frames: %d of %d structures %s; validation frames: %d of %d structures",
                 train_idx.size, len(train_names), counts, val_keep.size, len(val_names))
     return TrainData(index, train_idx.astype(np.int64), train_structure.astype(np.int64),
