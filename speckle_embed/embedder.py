@@ -72,6 +72,7 @@ from torch.nn import functional as F
 from speckle_embed.atomic import write_bytes_atomically
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
+from speckle_embed.transfer import HostToDevice
 
 __all__ = ["SpeckleEmbedder", "CheckpointError", "CHECKPOINT_FORMAT", "file_hash"]
 
@@ -80,6 +81,8 @@ CHECKPOINT_FORMAT = "speckle_embed-checkpoint-1"
 
 _SAMPLE_FRAMES = 64  # frames used by scale="auto" / center="auto"
 _PRECISIONS = ("float32", "bfloat16", "int8")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_FLUSH_ROWS = 65536  # CUDA: embeddings fetched from the device every this many rows
 
 
 class CheckpointError(ValueError):
@@ -248,9 +251,12 @@ class SpeckleEmbedder:
         Autocast dtype of the forward pass; embeddings are always returned as float32.
         ``"int8"``: static int8 quantization on the CPU (:mod:`speckle_embed.quantize`), after
         :meth:`calibrate_int8`; not available on CUDA nor with ``compile=True``.
-    compile : bool, default False
+    compile : bool or str, default False
         ``torch.compile`` the inference copy of the model (the last batch is zero-padded to
-        ``batch_size`` so shapes stay static).
+        ``batch_size`` so shapes stay static). A string is the compile mode: ``"reduce-overhead"``
+        replays the whole forward pass as one **CUDA graph** (fewer kernel launches: worth it
+        for small batches), ``"max-autotune"`` also benchmarks kernel choices; ``True`` is
+        ``"default"``.
     nan_policy : {"mask", "raise"}, default "mask"
         ``"mask"``: non-finite pixels are treated as masked. ``"raise"``: any non-finite pixel in
         the model's field of view raises ``ValueError`` naming the frame.
@@ -279,7 +285,7 @@ class SpeckleEmbedder:
     def __init__(self, model: nn.Module, preprocessing: Preprocessing | None = None, *,
                  device: str | torch.device = "auto", batch_size: int = 256,
                  checkpoint_hash: str | None = None, reference_speckle_px: float | None = None,
-                 precision: str = "float32", compile: bool = False, nan_policy: str = "mask",
+                 precision: str = "float32", compile: bool | str = False, nan_policy: str = "mask",
                  metadata: dict | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -310,13 +316,19 @@ class SpeckleEmbedder:
         self.checkpoint_path: Path | None = None
         self.reference_speckle_px = None if reference_speckle_px is None else float(reference_speckle_px)
         self.precision = precision
-        self.compile = bool(compile)
+        if isinstance(compile, str) and compile not in _COMPILE_MODES:
+            raise ValueError(f"compile must be True/False or one of {_COMPILE_MODES}; got {compile!r}")
+        #: torch.compile mode, or None (eager)
+        self.compile_mode: str | None = (compile if isinstance(compile, str)
+                                         else ("default" if compile else None))
+        self.compile = self.compile_mode is not None
         self.nan_policy = nan_policy
         self.metadata = dict(metadata or {})
         self._infer: nn.Module | None = None
         self._infer_key: tuple | None = None
         self._int8: nn.Module | None = None
         self._int8_key: tuple | None = None
+        self._h2d: HostToDevice | None = None  # set by embed() on CUDA
         self._embedding_size: int | None = getattr(model, "embedding_size", None)
 
     # ------------------------------------------------------------------ construction
@@ -505,6 +517,7 @@ class SpeckleEmbedder:
         self.device = _resolve_device(device)
         self.model.to(self.device)
         self._infer = None
+        self._h2d = None
         return self
 
     # ------------------------------------------------------------------ scale / centre
@@ -556,7 +569,7 @@ class SpeckleEmbedder:
     def _inference_model(self) -> nn.Module:
         if self.precision == "int8":
             return self._int8_model()
-        key = (_params_key(self.model), str(self.device), self.compile)
+        key = (_params_key(self.model), str(self.device), self.compile_mode)
         if self._infer is None or self._infer_key != key:
             self.model.eval()
             m = self.model
@@ -572,7 +585,7 @@ class SpeckleEmbedder:
                 m = self.model
             m = m.to(memory_format=torch.channels_last)
             if self.compile:
-                m = torch.compile(m, dynamic=False)
+                m = torch.compile(m, dynamic=False, mode=self.compile_mode)
             self._infer, self._infer_key = m, key
         return self._infer
 
@@ -717,6 +730,21 @@ class SpeckleEmbedder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, unit="pattern", unit_scale=True, desc="embed", dynamic_ncols=True)
+        cuda = dev.type == "cuda"
+        if cuda and self._h2d is None:
+            self._h2d = HostToDevice(dev)
+        pending: list[tuple[int, torch.Tensor]] = []  # CUDA: embeddings kept on the device ...
+        pending_rows = 0
+
+        def flush():  # ... and fetched in one copy (one host synchronisation per _FLUSH_ROWS)
+            nonlocal pending_rows
+            if pending:
+                first = pending[0][0]
+                z_all = torch.cat([z for _, z in pending]).cpu().numpy()
+                out[first:first + z_all.shape[0]] = z_all
+                pending.clear()
+                pending_rows = 0
+
         try:
             with torch.inference_mode():
                 for start, stop, inputs in self._batches(x, mask, center, scale, bs):
@@ -726,10 +754,17 @@ class SpeckleEmbedder:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                     with autocast:
                         z = model(inputs)
-                    z = F.normalize(z[:m].float(), dim=1)
-                    out[start:stop] = z.cpu().numpy()
+                    z = F.normalize(z[:m].float(), dim=1)  # a new tensor: safe under CUDA graphs
+                    if cuda:
+                        pending.append((start, z))
+                        pending_rows += m
+                        if pending_rows >= _FLUSH_ROWS:
+                            flush()
+                    else:
+                        out[start:stop] = z.numpy()
                     if bar is not None:
                         bar.update(m)
+                flush()
         finally:
             if bar is not None:
                 bar.close()
@@ -812,6 +847,9 @@ class SpeckleEmbedder:
         if _is_tensor(x):
             integer = not (x.is_floating_point() or x.is_complex())
             t = x[start:stop, r0:r1, c0:c1].to(device=dev, dtype=torch.float32)
+        elif self._h2d is not None:  # CUDA: pinned staging, stored dtype, overlapped copy
+            integer = np.dtype(x.dtype).kind in "iu"
+            t = self._h2d(x[start:stop, r0:r1, c0:c1])
         else:
             integer = np.dtype(x.dtype).kind in "iu"
             block = x[start:stop, r0:r1, c0:c1]

@@ -35,7 +35,7 @@ import torch
 from speckle_embed.atomic import write_bytes_atomically
 from speckle_embed.embedder import CHECKPOINT_FORMAT, CheckpointError, SpeckleEmbedder
 
-__all__ = ["load_pretrained", "available_pretrained", "compress_checkpoint", "expand_checkpoint",
+__all__ = ["load_pretrained", "available_pretrained", "pretrained_checkpoint", "compress_checkpoint", "expand_checkpoint",
            "WEIGHTS_DIR", "DEFAULT_PRETRAINED", "PRETRAINED_FORMAT", "GROUP_SIZE", "MIN_INT8_ELEMENTS"]
 
 #: Folder of the shipped weights (package data).
@@ -129,6 +129,23 @@ def expand_checkpoint(ckpt: dict, path: Any = "<memory>") -> dict:
     return {"format": CHECKPOINT_FORMAT, "model": ckpt["model"], "state_dict": state,
             "preprocessing": ckpt["preprocessing"],
             "training": {"pretrained": ckpt.get("name"), **dict(ckpt.get("provenance") or {})}}
+
+
+def pretrained_checkpoint(name: str = DEFAULT_PRETRAINED) -> dict:
+    """The shipped embedding ``name`` as a regular (float32) checkpoint dict.
+
+    What ``init_checkpoint=pretrained`` (or ``pretrained:<name>``) of the trainer starts from:
+    architecture, preprocessing and dequantised weights of ``weights/<name>.pt``.
+    """
+    file = WEIGHTS_DIR / f"{name}.pt"
+    if not file.is_file():
+        raise FileNotFoundError(f"no pretrained embedding {name!r} at {file}; available: "
+                                f"{available_pretrained() or 'none'}")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - name the file in any unpickling error
+        raise CheckpointError(f"cannot load {file}: {exc}") from exc
+    return expand_checkpoint(ckpt, file)
 
 
 def available_pretrained() -> list[str]:

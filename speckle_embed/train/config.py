@@ -179,6 +179,7 @@ class TrainConfig:
     init_checkpoint : str, optional
         Start from this checkpoint's weights; its architecture and preprocessing replace
         ``model`` and ``preprocessing`` (fine-tuning, e.g. online after offline).
+        ``pretrained`` / ``pretrained:<name>``: the embedding shipped in the package.
     checkpoint_every_steps : int
         Also write ``last.pt`` every that many optimizer steps (0 = epoch ends only).
     progress, tensorboard : bool

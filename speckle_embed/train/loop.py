@@ -81,6 +81,15 @@ RESUMABLE_KEYS = {"epochs", "resume", "progress", "tensorboard", "run_dir", "bas
                   "data.generate", "data.max_open_files", "eval.batch_size"}
 
 
+
+def _load_init(spec: str, base_dir: Path) -> dict:
+    """Checkpoint dict of ``init_checkpoint``: a trainer checkpoint path, or ``pretrained``
+    / ``pretrained:<name>`` for an embedding shipped in the package (dequantised weights)."""
+    if spec == "pretrained" or spec.startswith("pretrained:"):
+        from speckle_embed.pretrained import DEFAULT_PRETRAINED, pretrained_checkpoint
+        return pretrained_checkpoint(spec.partition(":")[2] or DEFAULT_PRETRAINED)
+    return load_checkpoint(_absolute(spec, base_dir), map_location="cpu")
+
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
 
@@ -284,7 +293,7 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         init = None
         if cfg.init_checkpoint:
-            init = load_checkpoint(_absolute(cfg.init_checkpoint, self.base_dir), map_location="cpu")
+            init = _load_init(str(cfg.init_checkpoint), self.base_dir)
             logger.info("initialising from %s (its architecture and preprocessing)", cfg.init_checkpoint)
         self.prep = Preprocessing.from_dict(init["preprocessing"] if init else cfg.preprocessing)
         mcfg = dict(init["model"] if init else cfg.model)
