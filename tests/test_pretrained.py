@@ -75,3 +75,25 @@ def test_classifier_on_the_shipped_embedding_saves_and_loads(tmp_path):
     assert back.embedder.checkpoint_hash == emb.checkpoint_hash
     assert (tmp_path / "clf" / "embedder.pt").stat().st_size < 20 * 1024 ** 2  # the compressed copy
     np.testing.assert_array_equal(back.predict(frames), clf.predict(frames))
+
+
+def test_training_can_start_from_the_shipped_weights(tmp_path):
+    """init_checkpoint=pretrained: fine-tuning starts from the dequantised shipped embedding."""
+    from test_train_loop import compose_cfg, write_dataset
+
+    from speckle_embed.pretrained import pretrained_checkpoint
+    from speckle_embed.train import load_checkpoint, train
+
+    write_dataset(tmp_path / "d", n_structures=3, per_class=4, size=100, hits=(1, 2))
+    cfg = compose_cfg(tmp_path / "d", tmp_path / "run", epochs=1, steps_per_epoch=1,
+                      init_checkpoint="pretrained", **{"optim.lr": 0.0, "augment.enabled": False})
+    train(cfg)
+    shipped = pretrained_checkpoint()
+    got = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert got["model"] == shipped["model"] and got["preprocessing"]["input_size"] == 96
+    # lr 0: the weights are still the shipped ones (BatchNorm running statistics move)
+    for k, v in shipped["state_dict"].items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(got["state_dict"][k], v), k
+    with pytest.raises(FileNotFoundError, match="no pretrained embedding 'nope'"):
+        pretrained_checkpoint("nope")
