@@ -97,3 +97,7 @@ def test_training_can_start_from_the_shipped_weights(tmp_path):
             assert torch.equal(got["state_dict"][k], v), k
     with pytest.raises(FileNotFoundError, match="no pretrained embedding 'nope'"):
         pretrained_checkpoint("nope")
+    # a compressed file given by path (e.g. an older shipped version from git history)
+    from speckle_embed.train.loop import _load_init
+    by_path = _load_init(str(WEIGHTS_DIR / f"{DEFAULT_PRETRAINED}.pt"), tmp_path)
+    assert all(torch.equal(by_path["state_dict"][k], v) for k, v in shipped["state_dict"].items())
