@@ -130,7 +130,8 @@ def plot_confusions(matrices: Mapping[str, Mapping], path) -> Path:
     n = max(1, len(items))
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.7 * rows), squeeze=False,
+                             layout="constrained")  # keeps one panel's labels off the next
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (title, m) in zip(axes.ravel(), items):
