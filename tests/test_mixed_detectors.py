@@ -109,3 +109,7 @@ def test_training_on_mixed_detector_sizes(tmp_path):
     run = compose_cfg(tmp_path / "d", tmp_path / "run", epochs=1, **{"data.frame_shape": "max"})
     result = train(run)
     assert result.global_step == 3 and (tmp_path / "run" / "best.pt").is_file()
+    # scale="auto"'s reference is measured on the detector natively at the common size only
+    import torch
+    ref = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["preprocessing"]["reference_speckle_px"]
+    assert ref is None or ref >= 1.0

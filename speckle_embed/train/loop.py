@@ -385,7 +385,13 @@ class _Trainer:
             from speckle_embed.scale import speckle_size
 
             idx = self.data.train_idx[self.data.train_hit == 1]
-            idx = (idx if idx.size else self.data.train_idx)[:: max(1, idx.size // 64)][:64]
+            idx = idx if idx.size else self.data.train_idx
+            # one geometry only (speckle_size describes a set of one detector): with mixed
+            # detectors (data.frame_shape), the shards that are natively at the common size
+            index = self.data.index
+            native = np.array([s.frame_shape == tuple(index.frame_shape) for s in index.shards])
+            idx = idx[native[self.data.shard_of(idx)]]
+            idx = idx[:: max(1, idx.size // 64)][:64]
             value = None
             if idx.size:
                 reader = self.data.reader()
@@ -395,6 +401,10 @@ class _Trainer:
                     value = float(speckle_size(frames.numpy(), bad.numpy()))
                 except ValueError as exc:  # e.g. noise-only frames
                     logger.warning("no reference speckle size for scale='auto': %s", exc)
+                if value is not None and not value >= 1.0:
+                    logger.warning("no reference speckle size for scale='auto': the training single "
+                                   "hits show no resolvable speckle (%.3g px)", value)
+                    value = None
             self._reference_speckle_px = value
         return self._reference_speckle_px
 
