@@ -3,12 +3,23 @@
 # .git/info/exclude). faiss-cpu serves the few-shot rule; its GPU index needs a faiss-gpu build
 # for the machine's CUDA, which is too large to carry (the benchmark reports FAISS on the GPU: False).
 set -euo pipefail
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+ex=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$ex")"
+grep -qx '/.whl/' "$ex" 2>/dev/null || echo '/.whl/' >> "$ex"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl "faiss-cpu==1.15.1"
-# one held-out shard (30 MB: the call carries at most 64 MiB with the 17 MB tree) for realistic
-# frames and labels; carried as data/gpu_bench
+# 160 frames of one held-out structure (about 8 MB: a call carries at most 64 MiB with the
+# tree) for realistic frames and labels; carried as data/gpu_bench
 mkdir -p data/gpu_bench
-[ -f data/offline/pdb/1BXN.h5 ] && cp -n data/offline/pdb/1BXN.h5 data/gpu_bench/
+"${PYTHON:-.venv/bin/python}" - <<'PY'
+import h5py, numpy as np
+src, dst = "data/offline/pdb/1BXN.h5", "data/gpu_bench/1BXN.h5"
+with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+    hit = f["entry_1/truth/hit_class"][()]
+    keep = np.sort(np.concatenate([np.flatnonzero(hit == c)[:80] for c in (1, 2)]))
+    g.create_dataset("entry_1/data_1/data", data=np.rint(f["entry_1/data_1/data"][keep]).astype(np.uint16),
+                     compression="gzip", chunks=(1, 172, 172))
+    g["entry_1/data_1/mask"] = f["entry_1/data_1/mask"][()]
+    g["entry_1/truth/hit_class"] = hit[keep]
+PY
 du -sh .whl data/gpu_bench
