@@ -6,10 +6,11 @@
 3. checks the shipped embedding against the float32 checkpoint on held-out frames: embedding
    difference and 2-way 5-shot accuracy of both.
 
-Usage (the shipped ``specklenn-offline-v1``)::
+Usage (the shipped ``specklenn-offline-v2``)::
 
-    python scripts/make_pretrained.py --checkpoint outputs/train/offline_v2/best.pt \\
-        --calibration data/offline/procedural data/offline/pdb --check data/eval/pdb_clean
+    python scripts/make_pretrained.py --checkpoint outputs/train/pretrain_variety/best.pt \\
+        --name specklenn-offline-v2 --calibration data/offline/procedural data/offline/pdb \\
+        --check data/eval/pdb_clean
 """
 from __future__ import annotations
 

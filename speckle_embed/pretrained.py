@@ -41,7 +41,7 @@ __all__ = ["load_pretrained", "available_pretrained", "pretrained_checkpoint", "
 #: Folder of the shipped weights (package data).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Name of the default shipped embedding.
-DEFAULT_PRETRAINED = "specklenn-offline-v1"
+DEFAULT_PRETRAINED = "specklenn-offline-v2"
 #: ``format`` key of a compressed (shipped) checkpoint.
 PRETRAINED_FORMAT = "speckle_embed-pretrained-1"
 #: Inputs per int8 quantisation group (one float32 scale each).

@@ -35,7 +35,7 @@ test a PyTorch build.
 Accuracy
 --------
 Quantisation error depends on the weights and on how well the calibration inputs represent
-the frames to embed. With the shipped ``specklenn-offline-v1`` model, calibrated on 256
+the frames to embed. With the then-shipped ``specklenn-offline-v1`` model, calibrated on 256
 simulated shots of 3 structures and evaluated on 1024 shots of 7 others
 (``benchmarks/bench_inference.py --precision int8``, ``docs/int8.md``): median
 ``|z_int8 - z_fp32|`` over the 128 coordinates of the unit-norm embeddings 0.0026, max 0.045,
