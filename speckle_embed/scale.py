@@ -186,6 +186,10 @@ def _fwhm(radius: np.ndarray, profile: np.ndarray) -> float:
     if p.size < 3 or not np.isfinite(p[1:3]).all():
         raise ValueError("autocorrelation profile too short to measure a speckle size")
     r1, r2, p1, p2 = r[1], r[2], p[1], p[2]
+    if not p1 > 0:
+        raise ValueError("no speckle contrast beyond the zero lag (the autocorrelation at a lag of "
+                         "one pixel is not positive): shot noise only, a radially symmetric pattern "
+                         "such as a sphere's, or speckles finer than a pixel")
     b = None
     if p1 > 0 and p2 > 0 and p1 > p2:
         b = (math.log(p1) - math.log(p2)) / (r2**2 - r1**2)  # log p = a - b r^2 through bins 1, 2
@@ -271,7 +275,12 @@ def estimate_scale(frames: Any, reference_speckle_px: float, mask: Any = None, *
     """
     if reference_speckle_px is None or not np.isfinite(reference_speckle_px) or reference_speckle_px <= 0:
         raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
-    measured = speckle_size(frames, mask, center=center, max_frames=max_frames)
+    try:
+        measured = speckle_size(frames, mask, center=center, max_frames=max_frames)
+    except ValueError as exc:
+        raise ValueError(f"these frames show no resolvable speckle ({exc}); pass scale= explicitly, "
+                         f"e.g. from the geometry (geometric_scale) or estimated on single-hit "
+                         f"frames only") from exc
     if not np.isfinite(measured) or measured < 1.0:
         raise ValueError(f"these frames show no resolvable speckle (measured size {measured:.3g} px < 1 px: "
                          "shot noise only, e.g. no-hit frames?); pass scale= explicitly")

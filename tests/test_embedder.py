@@ -256,3 +256,23 @@ def test_auto_scale_refuses_noise_only_frames():
     noise = np.random.default_rng(0).poisson(5, (8, 128, 128)).astype(np.uint16)
     with pytest.raises(ValueError, match="no resolvable speckle"):
         estimate_scale(noise, 4.0)
+
+
+def test_speckle_size_refuses_patterns_without_speckle_contrast():
+    """Fluctuations finer than a pixel (here the Laplacian of white noise: anti-correlated at a
+    lag of one pixel) have no measurable speckle size; it used to come back as a meaningless
+    0.38 px, and estimate_scale then refused it for being below a pixel."""
+    from scipy.ndimage import laplace
+
+    from speckle_embed.scale import _fwhm
+
+    rng = np.random.default_rng(0)
+    hp = np.stack([laplace(rng.normal(size=(128, 128)), mode="wrap") for _ in range(8)])
+    frames = rng.poisson((200 * (1 + 0.5 * hp / hp.std())).clip(0))
+    with pytest.raises(ValueError, match="no speckle contrast beyond the zero lag"):
+        speckle_size(frames)
+    with pytest.raises(ValueError, match="no resolvable speckle.*zero lag"):
+        estimate_scale(frames, 4.0)
+    with pytest.raises(ValueError, match="zero lag"):
+        _fwhm(np.arange(5.0), np.array([1.0, 0.0, -0.03, 0.01, 0.0]))
+    assert _fwhm(np.arange(5.0), np.array([1.0, 0.8, 0.45, 0.1, 0.0])) > 2
