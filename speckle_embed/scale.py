@@ -368,6 +368,14 @@ def estimate_center(frames: Any, mask: Any = None, *, max_shift: int | None = No
     num, den = num[ys, xs], den[ys, xs]
     if den.max() <= 0.5:
         raise ValueError("no valid pixels to estimate the beam centre")
+    if den[max_shift, max_shift] < _MIN_OVERLAP * m.sum():
+        # e.g. one quadrant: its Friedel mates are masked, and a quadrant rotated about its own
+        # middle matches itself, which pulls the "centre" into the visible area
+        raise ValueError(
+            f"the valid pixels are not centro-symmetric about the frame centre (only "
+            f"{den[max_shift, max_shift] / m.sum():.0%} of them have a valid Friedel mate; one "
+            f"quadrant or sector of the detector?): the beam centre cannot be estimated from "
+            f"Friedel symmetry, give center=(row, col) explicitly")
     ok = den > _MIN_OVERLAP * den.max()
     score = np.where(ok, num / np.where(ok, den, 1.0), -np.inf)
     iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)

@@ -250,6 +250,14 @@ def test_estimate_center_friedel(blobs):
     assert abs(cy - 61) < 0.5 and abs(cx - 69) < 0.5
     emb = SpeckleEmbedder.random_init(model=SMALL, device="cpu")
     np.testing.assert_allclose(emb.embed(f, mask, center="auto"), emb.embed(f, mask, center=(cy, cx)), atol=1e-6)
+    # one quadrant: no Friedel mates, so no estimate (it used to drift into the visible quadrant)
+    from speckle_embed.evaluation.online import detector_fraction_mask
+
+    quadrant = detector_fraction_mask((128, 128), 0.25)
+    with pytest.raises(ValueError, match="not centro-symmetric.*center=\\(row, col\\)"):
+        estimate_center(f, quadrant)
+    with pytest.raises(ValueError, match="not centro-symmetric"):
+        emb.embed(f, quadrant, center="auto")
 
 
 def test_auto_scale_refuses_noise_only_frames():
