@@ -92,9 +92,12 @@ def test_cuda_float32_matches_cpu():
     frames = _frames()
     cpu = SpeckleEmbedder.random_init(device="cpu", seed=1, batch_size=256)
     gpu = SpeckleEmbedder.random_init(device="cuda", seed=1, batch_size=256)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    za, zb = cpu.embed(frames), gpu.embed(frames)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        za, zb = cpu.embed(frames), gpu.embed(frames)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert np.abs(za - zb).max() < 1e-3
 
 
@@ -108,7 +111,7 @@ def test_cuda_bf16_paths_agree_with_cpu(compile):
     za = cpu.embed(frames)
     zb = gpu.embed(frames)   # 600 = 2 full batches + a padded last one
     zc = gpu.embed(frames)   # second call: CUDA graphs replayed
-    np.testing.assert_array_equal(zb, zc)
+    np.testing.assert_allclose(zb, zc, atol=1e-5)
     cos = (za * zb).sum(1)
     assert cos.min() > 0.98, cos.min()
 
