@@ -199,6 +199,12 @@ class DistributedContext:
     def close(self) -> None:
         """Destroy the process group if :func:`init_distributed` created it."""
         if self.owns_group and dist.is_initialized():
+            # every rank done with its collectives before the group goes: gloo's worker threads
+            # must not outlive it with work in flight (an intermittent SIGABRT at exit otherwise)
+            try:
+                self.barrier()
+            except RuntimeError:  # a peer already gone: destroy anyway
+                pass
             dist.destroy_process_group()
         self.owns_group = False
 
