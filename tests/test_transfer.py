@@ -57,6 +57,24 @@ def test_bad_arguments():
         HostToDevice("cpu")(np.zeros((2, 2), dtype=np.complex64))
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_embed_through_the_staging_path_matches_the_plain_path(dtype):
+    """embed()'s CUDA input path (staged copies of the window) gives the same embeddings as the
+    plain path; run on the CPU by plugging an unpinned stager in, with a mask and NaNs."""
+    rng = np.random.default_rng(3)
+    frames = rng.poisson(4.0, size=(40, 120, 130)).astype(dtype)
+    if dtype == np.float32:
+        frames[3, 60, 60] = np.nan
+    mask = np.zeros((120, 130), bool)
+    mask[58:62, :] = True
+    plain = SpeckleEmbedder.random_init(device="cpu", seed=2, batch_size=16)
+    staged = SpeckleEmbedder.random_init(device="cpu", seed=2, batch_size=16)
+    staged._h2d = HostToDevice(torch.device("cpu"))
+    np.testing.assert_allclose(staged.embed(frames, mask=mask), plain.embed(frames, mask=mask), atol=1e-6)
+    # only the model's window (96 + a 2-pixel resampling margin per side) travels, in its own dtype
+    assert staged._h2d.bytes_copied == 40 * 100 * 100 * np.dtype(dtype).itemsize
+
+
 def test_compile_mode_validation():
     with pytest.raises(ValueError, match="compile must be"):
         SpeckleEmbedder.random_init(device="cpu", compile="fastest")
