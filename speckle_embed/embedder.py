@@ -429,9 +429,9 @@ class SpeckleEmbedder:
         if not isinstance(ckpt, dict):
             raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
         fmt = ckpt.get("format")
-        if fmt == "speckle_embed-pretrained-1":  # the int8-compressed shipped form
-            from speckle_embed.pretrained import expand_checkpoint
+        from speckle_embed.pretrained import PRETRAINED_FORMAT, expand_checkpoint  # imports this module
 
+        if fmt == PRETRAINED_FORMAT:  # the int8-compressed shipped form
             ckpt = expand_checkpoint(ckpt, path)
             fmt = ckpt["format"]
         if fmt != CHECKPOINT_FORMAT:

@@ -48,8 +48,12 @@ def atomic_write_text(text: str, path) -> Path:
     return replace_atomically(lambda f: f.write(text.encode("utf-8")), Path(path))
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint written by the trainer (``weights_only=True``) and check its format."""
+def load_checkpoint(path, map_location="cpu", *, expand_compressed: bool = False) -> dict:
+    """Load a checkpoint written by the trainer (``weights_only=True``) and check its format.
+
+    ``expand_compressed=True`` also accepts the int8-compressed form of the shipped embeddings
+    (:mod:`speckle_embed.pretrained`), returned as a regular checkpoint with float32 weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -57,6 +61,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - add the file name to any unpickling error
         raise ValueError(f"cannot load checkpoint {path}: {exc}") from exc
+    if expand_compressed and isinstance(ckpt, dict):
+        from speckle_embed.pretrained import PRETRAINED_FORMAT, expand_checkpoint
+        if ckpt.get("format") == PRETRAINED_FORMAT:
+            ckpt = expand_checkpoint(ckpt, path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {got!r})")

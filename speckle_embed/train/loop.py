@@ -86,19 +86,11 @@ def _load_init(spec: str, base_dir: Path) -> dict:
     """Checkpoint dict of ``init_checkpoint``: a trainer checkpoint path, a compressed (shipped
     format) file, or ``pretrained`` / ``pretrained:<name>`` for an embedding shipped in the
     package (dequantised weights)."""
-    from speckle_embed.pretrained import (DEFAULT_PRETRAINED, PRETRAINED_FORMAT, expand_checkpoint,
-                                          pretrained_checkpoint)
     if spec == "pretrained" or spec.startswith("pretrained:"):
+        from speckle_embed.pretrained import DEFAULT_PRETRAINED, pretrained_checkpoint
         return pretrained_checkpoint(spec.partition(":")[2] or DEFAULT_PRETRAINED)
-    path = _absolute(spec, base_dir)
-    if path.is_file():
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - load_checkpoint below reports it with the file name
-            ckpt = None
-        if isinstance(ckpt, dict) and ckpt.get("format") == PRETRAINED_FORMAT:
-            return expand_checkpoint(ckpt, path)
-    return load_checkpoint(path, map_location="cpu")
+    return load_checkpoint(_absolute(spec, base_dir), map_location="cpu", expand_compressed=True)
+
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
