@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import speckle_embed as se
+from _pr772 import simulate_pr772  # the data step the online examples share (examples/_pr772.py)
 
 CLASS_NAMES = np.array(["no_hit", "single", "multi", "non_sample"])   # hit-class codes 0..3
 
@@ -58,34 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def simulate_pr772(args, data_dir: Path) -> Path:
-    """PR772-like labelled shots: the settings of +experiment=pr772 dataset=online_pr772."""
-    from simulate.generate import generate_dataset
-    from simulate.geometry import pnccd_geometry
-    from simulate.sources import resolve_sources
-
-    capsid = {"name": "pr772", "kind": "icosahedral_capsid",       # conf/source/continuum_pr772.yaml
-              "params": {"diameter_angstrom": 700.0, "shell_thickness": 40.0, "core_density": 0.55,
-                         "shell_density": 0.43, "voxel_angstrom": 10.0, "seed": 0}}
-    report = generate_dataset(
-        resolve_sources({"kind": "continuum", "objects": [capsid]}),
-        pnccd_geometry(binning=8), oversampling=6.0,                # conf/experiment/pr772.yaml
-        out_dir=data_dir, n_frames=args.n_frames, chunk=100, seed=args.seed, progress=False,
-        # conf/dataset/online_pr772.yaml
-        mix={"single": 1 / 3, "multi": 1 / 3, "no_hit": 0.0, "non_sample": 1 / 3},
-        noise={"poisson": True, "gaussian_sigma": 0.15, "beam_center_jitter_px": 0.5},
-        fluence={"kind": "loguniform", "low": 10 ** -0.5, "high": 10 ** 0.5, "pulse_sigma": 0.1})
-    if not report.ok:
-        raise SystemExit(f"simulation failed:\n{report.table()}")
-    return report.shard_paths[0]
-
-
 def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Accuracy and F1 with "single" as the positive class."""
-    tp = np.sum((pred == "single") & (truth == "single"))
-    fp = np.sum((pred == "single") & (truth != "single"))
-    fn = np.sum((pred != "single") & (truth == "single"))
-    return float(np.mean(pred == truth)), float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+    from speckle_embed.evaluation.selection import selection_metrics
+
+    return float(np.mean(pred == truth)), selection_metrics(pred == "single", truth == "single")["f1"]
 
 
 def main(argv=None) -> None:
@@ -97,7 +75,7 @@ def main(argv=None) -> None:
     from speckle_embed.evaluation.online import head_config_for, split_labelled_pool
 
     t0 = time.perf_counter()
-    path = args.data if args.data is not None else simulate_pr772(args, args.out / "data")
+    path = args.data if args.data is not None else simulate_pr772(args.out / "data", args.n_frames, args.seed)
     if args.data is None:
         print(f"simulated {args.n_frames} PR772-like shots in {time.perf_counter() - t0:.0f} s -> {path}")
     data = load_labelled_sets([path], labels_path=args.labels_path)[0]

@@ -78,6 +78,7 @@ def simulate_shots(args, data_dir: Path) -> Path:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from speckle_embed.evaluation.selection import selection_metrics
 
     # 1. The shipped embedding (speckle_embed/weights/, int8-compressed, dequantised on load).
     emb = se.load_pretrained(device="cpu")
@@ -112,10 +113,7 @@ def main(argv=None) -> None:
 
     truth = labels[query]
     accuracy = float(np.mean(pred == truth))
-    tp = int(np.sum((pred == "single") & (truth == "single")))
-    fp = int(np.sum((pred == "single") & (truth != "single")))
-    fn = int(np.sum((pred != "single") & (truth == "single")))
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    f1 = selection_metrics(pred == "single", truth == "single")["f1"]   # single hit positive
     print(f"{structure}: {args.k_shot}-shot, {len(query)} queries "
           f"({np.sum(truth == 'single')} single, {np.sum(truth == 'multi')} multi)")
     print(f"  accuracy {accuracy:.3f}   F1 (single positive) {f1:.3f}   (chance 0.5)")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))  # _*.py: shared steps
 
 
 def run_example(name: str, tmp_path: Path, *args, timeout: float = 300) -> str:
