@@ -1,16 +1,16 @@
 """Datasets that mix detector sizes (e.g. 172x172 next to a 128x128 pnCCD): centre crop/pad."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
-from simulate.dataset_io import MASK_INVALID, write_shard
 from speckle_embed.data import DatasetError, fit_mask, fit_to_shape, open_dataset
 from speckle_embed.train import train
 from speckle_embed.train.config import TrainConfig
 from speckle_embed.train.data import build_train_data
 
-from test_train_loop import compose_cfg, synthetic_frames
+from test_train_loop import compose_cfg, write_dataset
 
 
 def oracle_fit(a: np.ndarray, shape, fill):
@@ -58,23 +58,14 @@ def test_fit_mask_marks_padding_bad():
         fit_mask(np.zeros((3, 3), bool), (4, 4), (6, 6))
 
 
-def _write(folder, name, size, seed, structure=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    hit = np.repeat(np.array([0, 1, 2, 3], np.int8), 6)
-    frames = synthetic_frames(structure, hit, rng, size)
-    mask = np.zeros((size, size), np.uint16)
-    mask[:, size // 2] = MASK_INVALID
-    truth = {"hit_class": hit, "n_particles": np.where(hit == 2, 2, (hit == 1).astype(np.int8)).astype(np.int8),
-             "structure_id": np.array([name] * hit.size)}
-    path = folder / f"{name}.h5"
-    write_shard(path, frames, truth, mask, {"seed": seed}, durable=False)
-    return path, frames
+def frames_of(path):
+    with h5py.File(path, "r") as f:
+        return f["/entry_1/data_1/data"][()]
 
 
 def test_shard_index_reads_mixed_sizes_at_a_common_shape(tmp_path):
-    _, big = _write(tmp_path / "d", "big", 32, 0)
-    _, small = _write(tmp_path / "d", "small", 24, 1, structure=1)
+    big = frames_of(write_dataset(tmp_path / "d", n_structures=1, size=32, seed=0)[0])
+    small = frames_of(write_dataset(tmp_path / "d", n_structures=1, size=24, seed=1, first=1)[0])
     with pytest.raises(DatasetError, match=r"mixed sizes.*data.frame_shape=max"):
         open_dataset(tmp_path / "d")
     with pytest.raises(ValueError, match="frame_shape must be"):
@@ -96,9 +87,8 @@ def test_shard_index_reads_mixed_sizes_at_a_common_shape(tmp_path):
 
 
 def test_training_on_mixed_detector_sizes(tmp_path):
-    for s in range(3):
-        _write(tmp_path / "d", f"big{s}", 32, s, structure=s)
-    _write(tmp_path / "d", "pnccd", 24, 9, structure=3)
+    write_dataset(tmp_path / "d", n_structures=3, size=32)
+    write_dataset(tmp_path / "d", n_structures=1, size=24, seed=9, first=3)   # the "pnCCD" shard
     cfg = TrainConfig.from_dict({"data": {"dirs": [str(tmp_path / "d")], "frame_shape": "max",
                                           "val_fraction": 0.25}, "eval": {"k_shot": 2}})
     data = build_train_data(cfg.data, cfg.eval, seed=0, base_dir=tmp_path)

@@ -50,13 +50,14 @@ def synthetic_frames(structure: int, hit: np.ndarray, rng: np.random.Generator, 
     return np.asarray(out, dtype=np.float32)
 
 
-def write_dataset(folder: Path, n_structures=4, per_class=6, seed=0, size=SIZE, hits=(0, 1, 2, 3)):
+def write_dataset(folder: Path, n_structures=4, per_class=6, seed=0, size=SIZE, hits=(0, 1, 2, 3), first=0):
+    """Shards ``struct<first>.h5``, ``struct<first + 1>.h5``... of ``size`` x ``size`` frames."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     mask = np.zeros((size, size), dtype=np.uint16)
     mask[:, size // 2] = MASK_INVALID
     paths = []
-    for s in range(n_structures):
+    for s in range(first, first + n_structures):
         hit = np.repeat(np.asarray(hits, dtype=np.int8), per_class)
         name = f"struct{s}"
         frames = synthetic_frames(s, hit, rng, size)
