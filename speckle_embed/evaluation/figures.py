@@ -51,14 +51,9 @@ def plot_kshot(kshot: Mapping, path) -> Path:
     pk = [k for k in ks if k in paper]
     if pk:
         ax.plot(pk, [paper[k] for k in pk], "k--", marker="x", label="accuracy (SpeckleNN paper)")
-    ax.set_xscale("log")
+    _score_axes(ax, "supports per class K", (0.5, 1.0),
+                f"2-way K-shot, {kshot['by_k'][str(ks[0])]['n_structures']} held-out structures")
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("supports per class K")
-    ax.set_ylabel("score")
-    ax.set_ylim(0.5, 1.0)
-    ax.set_title(f"2-way K-shot, {kshot['by_k'][str(ks[0])]['n_structures']} held-out structures")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
@@ -71,14 +66,20 @@ def plot_fluence_scan(scan: Mapping, path) -> Path:
     ax.plot(f, [lv["f1_mean"] for lv in scan["levels"]], marker="s", label="F1 (single positive)")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    _score_axes(ax, "fluence / baseline (1e12 photons per pulse)", (0.4, 1.0),
+                f"2-way {scan['k_shot']}-shot against fluence")
+    return _save(fig, path)
+
+
+def _score_axes(ax, xlabel: str, ylim: tuple[float, float], title: str) -> None:
+    """Log x, scores on y, grid and legend: the frame of the K-shot and fluence plots."""
     ax.set_xscale("log")
-    ax.set_xlabel("fluence / baseline (1e12 photons per pulse)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("score")
-    ax.set_ylim(0.4, 1.0)
-    ax.set_title(f"2-way {scan['k_shot']}-shot against fluence")
+    ax.set_ylim(*ylim)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
 
 
 def plot_size(rows: Sequence[Mapping], path, k: int = 5) -> Path:
