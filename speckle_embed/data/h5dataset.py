@@ -538,8 +538,7 @@ class ShardIndex:
             sids.append(sid)
         self.shards: tuple[ShardInfo, ...] = tuple(infos)
         self.offsets = np.concatenate([[0], np.cumsum([s.n_frames for s in infos])]).astype(np.int64)
-        self.frame_shape: tuple[int, int] = (_common_shape(infos, frame_shape) if infos
-                                             else (0, 0))
+        self.frame_shape: tuple[int, int] = _common_shape(infos, frame_shape)  # discover_shards found >= 1
         if int(self.offsets[-1]) == 0:
             raise DatasetError(f"the shards hold no frames: {', '.join(str(p) for p in files)}")
 
