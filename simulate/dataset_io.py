@@ -22,14 +22,14 @@ exists under its final name is complete; :func:`cleanup_partial` removes the tem
 :func:`shard_is_complete` tells a resumed run which shards it can skip.
 
 This module depends on numpy, h5py and the standard library only (plus the pure-Python
-``simulate.labels`` / ``simulate.errors``).
+``simulate.errors`` and the core modules :mod:`speckle_embed.formats` (paths, hit classes,
+temporary names) and :mod:`speckle_embed.atomic`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,8 +37,10 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from speckle_embed.formats import (CXI_VERSION, DATA_PATH, DETECTOR_GROUP, HIT_CLASSES, MASK_PATH,
+                                   TMP_SUFFIX, TRUTH_GROUP, tmp_sibling)  # noqa: F401 (re-exported)
+
 from .errors import SimulationError
-from .labels import HIT_CLASSES
 
 __all__ = [
     "SHARD_FORMAT",
@@ -56,18 +58,14 @@ __all__ = [
 
 SHARD_FORMAT = "speckle_embed-shard-1"
 """Value of the ``format`` file attribute of every shard this module writes."""
-CXI_VERSION = 150
-DATA_PATH = "/entry_1/data_1/data"
-MASK_PATH = "/entry_1/data_1/mask"
-TRUTH_GROUP = "/entry_1/truth"
-DETECTOR_GROUP = "/entry_1/instrument_1/detector_1"
+# CXI_VERSION, DATA_PATH, MASK_PATH, TRUTH_GROUP, DETECTOR_GROUP, TMP_SUFFIX and the
+# temporary-file naming are owned by speckle_embed.formats (re-exported here).
 
 MASK_INVALID = 0x1
 """CXI mask bit: pixel invalid (module gaps, dead pixels)."""
 MASK_SHADOWED = 0x10
 """CXI mask bit: pixel shadowed (beam stop)."""
 
-TMP_SUFFIX = ".tmp"
 _RESERVED_ATTRS = frozenset({"n_frames", "created_utc", "format"})
 
 # Known truth keys: (stored dtype, required trailing shape (None = any), units, description).
@@ -282,7 +280,7 @@ def _prepare_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- writing
 def _tmp_path(final: Path) -> Path:
-    return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
+    return tmp_sibling(final)
 
 
 def _fsync_directory(path: Path) -> None:
