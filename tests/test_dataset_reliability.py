@@ -2,7 +2,6 @@
 checksums, exit codes and memory checks of ``python -m simulate``."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from simulate.geometry import default_geometry  # noqa: E402
 from simulate.preflight import (InsufficientMemoryError, RunSettingsError, check_memory,  # noqa: E402
                                 estimate_shard_bytes, grid_side)
 from simulate.procedural import procedural_particle  # noqa: E402
-from simulate.resume import MANIFEST_NAME, DatasetMismatchError, identity_differences, shard_lock  # noqa: E402
+from simulate.resume import MANIFEST_NAME, DatasetMismatchError, identity_differences  # noqa: E402
 from simulate.shots import ShotGenerator  # noqa: E402
 from simulate.sources import resolve_sources  # noqa: E402
 from speckle_embed.formats import tmp_name  # noqa: E402
