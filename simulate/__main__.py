@@ -18,6 +18,7 @@ Examples
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -29,13 +30,26 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="simulate")
 def main(cfg: DictConfig) -> None:
-    """Compose ``conf/simulate.yaml`` (plus command-line overrides) and run the app."""
+    """Compose ``conf/simulate.yaml`` (plus command-line overrides) and run the app.
+
+    Exits 1 with a one-line message on invalid settings (before any structure starts) or
+    insufficient memory, and 1 after the summary table when any structure failed.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
     from simulate.app import run
+    from simulate.errors import SimulationError
 
-    run(cfg, output_dir=HydraConfig.get().runtime.output_dir, base_dir=get_original_cwd())
+    try:
+        result = run(cfg, output_dir=HydraConfig.get().runtime.output_dir,
+                     base_dir=get_original_cwd())
+    except (SimulationError, ValueError, MemoryError, OSError) as exc:
+        sys.exit(f"simulate: error: {exc}")
+    failed = getattr(result, "failed", None)
+    if failed:
+        names = ", ".join(o.name for o in failed)
+        sys.exit(f"simulate: {len(failed)} structure(s) failed: {names} (see the table above)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Config keys used (see ``conf/simulate.yaml``): ``mode`` (``generate`` | ``render
 ``geometry`` (the :class:`~simulate.geometry.Geometry` fields), ``source`` (see
 :mod:`simulate.sources`), ``dataset`` (``n_frames``, ``chunk``, ``mix``, ``noise``,
 ``fluence``), ``out_dir``, ``seed``, ``method``, ``oversampling``, ``device``, ``threads``,
-``deterministic``, ``progress``, ``run.shard_index``, ``run.num_shards``, ``render_after``
+``deterministic``, ``progress``, ``overwrite``, ``run.shard_index``, ``run.num_shards``, ``render_after``
 and ``render.{input, output, per_class, log}``.
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ def run(cfg, *, output_dir=None, base_dir=None):
         seed=c.get("seed", 0), shard_index=shards.get("shard_index", 0),
         num_shards=shards.get("num_shards", 1), config_yaml=config_yaml,
         progress=c.get("progress", True), threads=c.get("threads"),
-        deterministic=c.get("deterministic", True))
+        deterministic=c.get("deterministic", True), overwrite=bool(c.get("overwrite", False)))
     if out_run is not None:
         out_run.mkdir(parents=True, exist_ok=True)
         (out_run / REPORT_NAME).write_text(json.dumps(report.as_dict(), indent=2))

@@ -18,18 +18,21 @@ config YAML, code version...) plus ``n_frames``, ``created_utc``, ``format`` and
 
 A shard is built as an HDF5 image in memory, written to a temporary ``*.tmp`` file in the
 destination directory, fsync'ed, closed and renamed with :func:`os.replace`, so a file that
-exists under its final name is complete; :func:`cleanup_partial` removes the temporaries a killed run leaves behind and
-:func:`shard_is_complete` tells a resumed run which shards it can skip.
+exists under its final name is complete; :func:`cleanup_partial` removes the temporaries a killed
+run leaves behind (only ours, only when their writer is gone), :func:`shard_is_complete` tells a
+resumed run which shards are whole and :func:`verify_shard` checks a shard's stored content
+checksum (attribute ``content_sha256``).
 
 This module depends on numpy, h5py and the standard library only (plus the pure-Python
-``simulate.labels`` / ``simulate.errors``).
+``simulate.errors`` and the core modules :mod:`speckle_embed.formats` (paths, hit classes,
+temporary names) and :mod:`speckle_embed.atomic`).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,8 +40,10 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from speckle_embed.formats import (CXI_VERSION, DATA_PATH, DETECTOR_GROUP, HIT_CLASSES, MASK_PATH,
+                                   TMP_SUFFIX, TRUTH_GROUP, parse_tmp_name, tmp_sibling)  # noqa: F401 (re-exported)
+
 from .errors import SimulationError
-from .labels import HIT_CLASSES
 
 __all__ = [
     "SHARD_FORMAT",
@@ -49,26 +54,28 @@ __all__ = [
     "MASK_INVALID",
     "MASK_SHADOWED",
     "ShardValidationError",
+    "CHECKSUM_ATTR",
     "write_shard",
+    "content_sha256",
+    "verify_shard",
+    "pid_alive",
     "shard_is_complete",
     "cleanup_partial",
 ]
 
 SHARD_FORMAT = "speckle_embed-shard-1"
 """Value of the ``format`` file attribute of every shard this module writes."""
-CXI_VERSION = 150
-DATA_PATH = "/entry_1/data_1/data"
-MASK_PATH = "/entry_1/data_1/mask"
-TRUTH_GROUP = "/entry_1/truth"
-DETECTOR_GROUP = "/entry_1/instrument_1/detector_1"
+# CXI_VERSION, DATA_PATH, MASK_PATH, TRUTH_GROUP, DETECTOR_GROUP, TMP_SUFFIX and the
+# temporary-file naming are owned by speckle_embed.formats (re-exported here).
 
 MASK_INVALID = 0x1
 """CXI mask bit: pixel invalid (module gaps, dead pixels)."""
 MASK_SHADOWED = 0x10
 """CXI mask bit: pixel shadowed (beam stop)."""
 
-TMP_SUFFIX = ".tmp"
-_RESERVED_ATTRS = frozenset({"n_frames", "created_utc", "format"})
+CHECKSUM_ATTR = "content_sha256"
+"""File attribute: sha256 of the shard's contents (:func:`content_sha256`), set by :func:`write_shard`."""
+_RESERVED_ATTRS = frozenset({"n_frames", "created_utc", "format", CHECKSUM_ATTR})
 
 # Known truth keys: (stored dtype, required trailing shape (None = any), units, description).
 _TRUTH_SPEC: dict[str, tuple[Any, tuple | None, str | None, str]] = {
@@ -282,7 +289,7 @@ def _prepare_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- writing
 def _tmp_path(final: Path) -> Path:
-    return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
+    return tmp_sibling(final)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -414,7 +421,8 @@ def write_shard(path, frames, truth: Mapping[str, Any] | None, mask, attrs: Mapp
         File attributes (geometry with units in the names, seed, config YAML, code
         version...). ``dict``/``list``/``tuple`` values are stored as JSON text, ``None`` as
         ``""``, numeric arrays and scalars as they are, anything else as ``str(value)``.
-        ``n_frames``, ``created_utc`` and ``format`` are reserved; ``hit_class_names``
+        ``n_frames``, ``created_utc``, ``format`` and ``content_sha256`` (the checksum
+        of :func:`content_sha256`, checked by :func:`verify_shard`) are reserved; ``hit_class_names``
         defaults to the JSON list of :data:`simulate.labels.HIT_CLASSES`.
     compression : {"gzip", "lzf", None}, optional
         Frame compression filter (with byte shuffle). Default gzip.
@@ -462,6 +470,7 @@ def write_shard(path, frames, truth: Mapping[str, Any] | None, mask, attrs: Mapp
     truth_arrs = _prepare_truth(truth, n)
     mask_arr = _as_mask(mask, (h, w))
     attrs_clean = _prepare_attrs(attrs)
+    attrs_clean[CHECKSUM_ATTR] = content_sha256(frames_arr, truth_arrs, mask_arr)
 
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -492,6 +501,45 @@ def write_shard(path, frames, truth: Mapping[str, Any] | None, mask, attrs: Mapp
     if durable:
         _fsync_directory(final.parent)
     return final
+
+
+def content_sha256(frames, truth: Mapping[str, np.ndarray], mask: np.ndarray) -> str:
+    """sha256 (hex) of a shard's contents as stored: frames (float32), mask (uint16), truth.
+
+    Covered: the frames' float32 bytes (C order, hashed ``_FINITE_CHECK_BLOCK`` frames at a
+    time), the mask's uint16 bytes, then each truth array in key order (name, shape and
+    bytes as stored; strings as UTF-8, NUL-separated). Attributes are not covered (HDF5
+    keeps them in the metadata, which h5py already refuses to open when damaged).
+    Own code: no library hashes an HDF5 file's *decoded* datasets, and the file's bytes
+    cannot hold their own digest.
+
+    Parameters
+    ----------
+    frames : array_like (n, H, W) or h5py.Dataset
+    truth : dict of str to ndarray or h5py.Dataset
+    mask : array_like (H, W)
+    """
+    h = hashlib.sha256()
+    n = frames.shape[0]
+    h.update(f"frames{tuple(frames.shape)}".encode())
+    for start in range(0, n, _FINITE_CHECK_BLOCK):
+        with np.errstate(over="ignore", invalid="ignore"):
+            block = np.asarray(frames[start:start + _FINITE_CHECK_BLOCK], dtype=np.float32)
+        h.update(np.ascontiguousarray(block).tobytes())
+    h.update(f"mask{tuple(mask.shape)}".encode())
+    h.update(np.ascontiguousarray(np.asarray(mask[()], dtype=np.uint16)).tobytes())
+    for key in sorted(truth):
+        arr = truth[key]
+        if isinstance(arr, h5py.Dataset):
+            arr = arr.asstr()[()] if h5py.check_string_dtype(arr.dtype) else arr[()]
+        arr = np.asarray(arr)
+        h.update(f"\0truth/{key}{arr.shape}{arr.dtype.kind}".encode())
+        if arr.dtype.kind in "OUS":
+            h.update(b"\0".join(str(v).encode("utf-8") if not isinstance(v, bytes) else v
+                                for v in arr.ravel()))
+        else:
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def _build_image(tmp: Path, frames, truth, mask, attrs, compression, compression_level,
@@ -572,21 +620,72 @@ def shard_is_complete(path) -> bool:
         return False
 
 
-def cleanup_partial(directory, *, min_age_s: float = 0.0, recursive: bool = False) -> list[Path]:
-    """Remove stale ``*.tmp`` files left by interrupted :func:`write_shard` calls.
+def verify_shard(path) -> str | None:
+    """Why ``path`` cannot be reused, or None when it is complete and undamaged.
 
-    Call this when resuming after a crash or ``kill -9``. A temporary file still being
-    written by another live process would also be removed, so when several writers share
-    a directory pass ``min_age_s`` larger than the time one shard takes to write.
+    Checks :func:`shard_is_complete`, then decodes every dataset and compares
+    :func:`content_sha256` with the ``content_sha256`` attribute stored at writing, so a
+    shard damaged inside a compressed chunk (or edited since) is caught. Costs one read and
+    decompression of the shard.
+
+    Returns
+    -------
+    str or None
+        A short reason (``"incomplete or unreadable"``, ``"no content checksum"``,
+        ``"unreadable data: ..."``, ``"checksum mismatch"``), or None.
+    """
+    if not shard_is_complete(path):
+        return "incomplete or unreadable"
+    try:
+        with h5py.File(os.fspath(path), "r") as f:
+            stored = f.attrs.get(CHECKSUM_ATTR)
+            if stored is None:
+                return "no content checksum (written by an older version)"
+            truth = f.get(TRUTH_GROUP)
+            items = {k: v for k, v in truth.items() if isinstance(v, h5py.Dataset)} if truth else {}
+            actual = content_sha256(f[DATA_PATH], items, f[MASK_PATH])
+    except Exception as exc:  # noqa: BLE001 - a failing decompression is damage
+        return f"unreadable data: {type(exc).__name__}: {exc}"
+    if actual != (stored.decode() if isinstance(stored, bytes) else str(stored)):
+        return "checksum mismatch (damaged or modified after writing)"
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (``kill(pid, 0)``)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def cleanup_partial(directory, *, max_age_s: float = 24 * 3600.0, recursive: bool = False,
+                    min_age_s: float = 0.0) -> list[Path]:
+    """Remove this package's stale temporaries left by interrupted writes (crash, ``kill -9``).
+
+    Only names of :func:`speckle_embed.formats.parse_tmp_name` (``<name>.<pid>-<hex>.tmp``)
+    are considered, so a user's ``notes.tmp`` is never touched. Such a file is removed when
+    its writer is gone: no process with its pid exists on this machine, or the file was not
+    modified for ``max_age_s`` (a writer on another host of a shared file system, or a
+    reused pid). A temporary of a live writer is kept.
 
     Parameters
     ----------
     directory : str or os.PathLike
         Directory holding shards. A missing directory is not an error (nothing to clean).
-    min_age_s : float, optional
-        Only remove files whose modification time is at least this many seconds ago.
+    max_age_s : float, optional
+        Remove a temporary older than this even if its pid is alive (default one day).
     recursive : bool, optional
         Also clean sub-directories.
+    min_age_s : float, optional
+        Never remove files modified less than this many seconds ago (default 0).
 
     Returns
     -------
@@ -606,10 +705,16 @@ def cleanup_partial(directory, *, min_age_s: float = 0.0, recursive: bool = Fals
     now = time.time()
     removed = []
     for p in sorted(d.rglob(f"*{TMP_SUFFIX}") if recursive else d.glob(f"*{TMP_SUFFIX}")):
+        parsed = parse_tmp_name(p.name)
+        if parsed is None:
+            continue
         try:
             if not p.is_file() or p.is_symlink():
                 continue
-            if min_age_s > 0 and now - p.stat().st_mtime < min_age_s:
+            age = now - p.stat().st_mtime
+            if age < min_age_s:
+                continue
+            if pid_alive(parsed.pid) and age < max_age_s:
                 continue
             p.unlink()
             removed.append(p)

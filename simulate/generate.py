@@ -7,12 +7,23 @@ the shot settings, and writes ``<out_dir>/<structure name>.h5`` with
 
 Resuming and sharding
 ---------------------
-* A structure whose shard is already complete (:func:`~simulate.dataset_io.shard_is_complete`)
-  is skipped, so re-running an interrupted command finishes the job without duplicates.
+* The folder's identity (every setting that changes the frames, and the code version; see
+  :mod:`simulate.resume`) must match this run's, else the run is refused before any
+  structure starts (``overwrite=True`` replaces it).
+* A structure whose shard is complete, has this run's identity and passes its content
+  checksum (:func:`~simulate.dataset_io.verify_shard`) is skipped, so re-running an
+  interrupted command finishes the job without duplicates. A damaged shard is regenerated;
+  one with another identity is refused (regenerated with ``overwrite=True``).
+* Each shard is checked and written under its own file lock: a second process on the same
+  folder waits for the shard, then finds it complete.
 * Structure ``i`` (in spec order) belongs to job ``i % num_shards``; jobs with different
   ``shard_index`` may run at the same time on the same ``out_dir`` (Hydra multirun).
-* Stale temporaries of a killed run are removed first: the whole folder when
-  ``num_shards == 1``, else only those of this job's structures (another job may be writing).
+* Stale temporaries are removed first: only this package's ``<name>.<pid>-<hex>.tmp`` whose
+  writer is gone (:func:`~simulate.dataset_io.cleanup_partial`), and, under a shard's lock,
+  that shard's own temporaries.
+* Run-wide settings and the detector's memory are checked before any structure
+  (:mod:`simulate.preflight`); each structure's peak memory (with its reciprocal grid) is
+  checked before it is simulated.
 
 Determinism
 -----------
@@ -44,10 +55,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .dataset_io import TMP_SUFFIX, cleanup_partial, shard_is_complete, write_shard
+from speckle_embed.formats import HIT_CLASSES, parse_tmp_name
+
+from .dataset_io import (SHARD_FORMAT, TMP_SUFFIX, cleanup_partial, shard_is_complete, verify_shard,
+                         write_shard)
 from .engine import DEFAULT_OVERSAMPLING, PatternEngine
 from .geometry import Geometry
-from .labels import HIT_CLASSES
+from .preflight import check_memory, estimate_shard_bytes, validate_run_settings
+from .resume import (IDENTITY_ATTR, check_dataset_identity, identity_differences,
+                     mismatch_message, shard_lock)
 from .shots import FluenceConfig, HitMix, NoiseConfig, ShotGenerator
 from .sources import StructureSpec
 
@@ -217,9 +233,15 @@ def _torch_threads(n: int | None):
 
 
 def _remove_stale_tmp(final: Path) -> list:
-    """Remove ``<final>.*.tmp`` left by a killed write of this shard."""
+    """Remove our ``<final>.<pid>-<hex>.tmp`` left by a killed write of this shard.
+
+    Call it only while holding the shard's lock: no live writer of the shard exists then.
+    """
     removed = []
     for p in glob.glob(glob.escape(str(final)) + ".*" + TMP_SUFFIX):
+        parsed = parse_tmp_name(p)
+        if parsed is None or parsed.final != final.name:
+            continue
         try:
             os.unlink(p)
             removed.append(Path(p))
@@ -255,6 +277,22 @@ def _geometry_attrs(geometry: Geometry) -> dict:
     return attrs
 
 
+def dataset_identity(geometry: Geometry, *, n_frames: int, chunk: int, mix: HitMix,
+                     noise: NoiseConfig, fluence: FluenceConfig, method: str,
+                     oversampling: float, seed: int) -> dict:
+    """Every setting that changes a dataset's frames, plus the code version and shard format.
+
+    Stored in each shard (attribute ``dataset_identity``) and in the folder's manifest
+    (:mod:`simulate.resume`). Not included: device, threads, progress, out_dir, sharding.
+    A new setting that changes the frames must be added here.
+    """
+    return {"n_frames": int(n_frames), "chunk": int(chunk), "seed": int(seed), "method": method,
+            "oversampling": float(oversampling), "hit_mix": dataclasses.asdict(mix),
+            "noise": dataclasses.asdict(noise), "fluence": dataclasses.asdict(fluence),
+            "geometry": geometry.as_dict(), "code_version": code_version(),
+            "shard_format": SHARD_FORMAT}
+
+
 def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise ValueError(f"{name} = {value!r}: must be an integer >= {minimum}")
@@ -269,7 +307,7 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
                      oversampling: float | None = None, device="cpu", seed: int = 0,
                      shard_index: int = 0, num_shards: int = 1, config_yaml: str = "",
                      progress: bool = True, threads: int | None = None,
-                     deterministic: bool = True) -> GenerationReport:
+                     deterministic: bool = True, overwrite: bool = False) -> GenerationReport:
     """Simulate ``n_frames`` shots of every structure of this job's partition.
 
     Parameters
@@ -308,6 +346,9 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
         ``torch.set_num_threads(threads)``; None leaves torch's default.
     deterministic : bool
         Build reciprocal grids with one thread (bit-reproducible; slower on many cores).
+    overwrite : bool
+        Replace the folder's identity and regenerate shards written with other settings
+        (default False: such a folder is refused, naming the differing settings).
 
     Returns
     -------
@@ -320,7 +361,13 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     ------
     ValueError
         Bad ``n_frames``, ``chunk``, ``seed``, shard numbers, duplicate structure names or
-        unknown keys in ``mix``/``noise``/``fluence``.
+        unknown keys in ``mix``/``noise``/``fluence``;
+        :class:`~simulate.preflight.RunSettingsError` for a bad method, device, fluence,
+        noise or geometry range; :class:`~simulate.resume.DatasetMismatchError` when
+        ``out_dir`` holds a dataset with other settings (and not ``overwrite``).
+    MemoryError
+        :class:`~simulate.preflight.InsufficientMemoryError` when the frames and detector
+        arrays of one shard cannot fit in the available memory.
     """
     n_frames = _check_int(n_frames, "n_frames", 1)
     chunk = _check_int(chunk, "chunk", 1)
@@ -337,6 +384,10 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     mix.probabilities()  # validates before any work
     noise = _as_config(noise, NoiseConfig, "noise")
     fluence = _as_config(fluence, FluenceConfig, "fluence")
+    validate_run_settings(geometry, method=method, device=device, noise=noise, fluence=fluence)
+    n_pix = geometry.n_pixels
+    check_memory(estimate_shard_bytes(geometry, n_frames, method="direct"),
+                 f"a shard of {n_frames} frames of {n_pix}x{n_pix} pixels")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -346,19 +397,20 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
 
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    identity = dataset_identity(geometry, n_frames=n_frames, chunk=chunk, mix=mix, noise=noise,
+                                fluence=fluence, method=method, oversampling=oversampling,
+                                seed=seed)
+    check_dataset_identity(out, identity, overwrite=overwrite)
     mine = [s for i, s in enumerate(specs) if i % num_shards == shard_index]
     report = GenerationReport(out_dir=str(out), shard_index=shard_index, num_shards=num_shards)
-    if num_shards == 1:
-        report.removed_tmp += cleanup_partial(out)
-    else:  # other jobs may be writing their own shards right now
-        for spec in mine:
-            report.removed_tmp += _remove_stale_tmp(shard_path(out, spec.name))
+    report.removed_tmp += cleanup_partial(out)  # only ours, only of writers that are gone
     if report.removed_tmp:
         logger.info("removed %d stale temporary file(s) in %s", len(report.removed_tmp), out)
 
     settings = dict(n_frames=n_frames, chunk=chunk, mix=mix, noise=noise, fluence=fluence,
                     method=method, oversampling=oversampling, device=device, seed=seed,
-                    config_yaml=config_yaml, progress=progress, deterministic=deterministic)
+                    config_yaml=config_yaml, progress=progress, deterministic=deterministic,
+                    identity=identity, overwrite=overwrite, removed_tmp=report.removed_tmp)
     logger.info("job %d/%d: %d of %d structure(s) -> %s", shard_index + 1, num_shards,
                 len(mine), len(specs), out)
     for spec in mine:
@@ -372,24 +424,65 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     return report
 
 
-def _one_structure(spec: StructureSpec, geometry: Geometry, out: Path, *, n_frames, chunk, mix,
-                   noise, fluence, method, oversampling, device, seed, config_yaml, progress,
-                   deterministic) -> StructureOutcome:
+def _one_structure(spec: StructureSpec, geometry: Geometry, out: Path, **settings) -> StructureOutcome:
+    """Check, then (re)generate one shard while holding its lock."""
     path = shard_path(out, spec.name)
+    with shard_lock(path):
+        settings["removed_tmp"] += _remove_stale_tmp(path)
+        return _one_structure_locked(spec, geometry, path, **settings)
+
+
+def _existing_shard(path: Path, identity: dict, overwrite: bool) -> tuple[str, str]:
+    """``("reuse" | "regenerate" | "refuse", reason)`` for the file at ``path``."""
+    if not path.exists():
+        return "regenerate", ""
+    if not shard_is_complete(path):
+        return "regenerate", "incomplete or unreadable"
+    differences = identity_differences(_stored_identity(path), identity)
+    if differences:
+        if overwrite:
+            return "regenerate", "written with other settings (overwrite=true)"
+        return "refuse", mismatch_message(f"shard {path}", differences)
+    problem = verify_shard(path)
+    if problem is not None:
+        return "regenerate", problem
+    return "reuse", ""
+
+
+def _stored_identity(path: Path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get(IDENTITY_ATTR)
+        return None if text is None else json.loads(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _one_structure_locked(spec: StructureSpec, geometry: Geometry, path: Path, *, n_frames, chunk,
+                          mix, noise, fluence, method, oversampling, device, seed, config_yaml,
+                          progress, deterministic, identity, overwrite, removed_tmp) -> StructureOutcome:
     t0 = time.perf_counter()
-    if shard_is_complete(path):
-        existing = _n_frames_of(path)
-        if existing != n_frames:
-            logger.warning("%s: complete shard with %s frames kept (config asks %d); delete it "
-                           "to regenerate", path, existing, n_frames)
-        return StructureOutcome(spec.name, spec.source, "skipped", str(path), existing or 0)
+    action, reason = _existing_shard(path, identity, overwrite)
+    if action == "reuse":
+        return StructureOutcome(spec.name, spec.source, "skipped", str(path), _n_frames_of(path) or 0)
+    if action == "refuse":
+        logger.error("%s", reason)
+        return StructureOutcome(spec.name, spec.source, "failed", str(path), 0, 0.0,
+                                f"DatasetMismatchError: {reason}")
+    if reason:
+        logger.warning("%s: %s; regenerating it", path, reason)
     try:
         structure = spec.load()
+        jitter = JITTER_COVERAGE_SIGMA * noise.beam_center_jitter_px
+        check_memory(estimate_shard_bytes(geometry, n_frames, method=method,
+                                          radius_angstrom=structure.radius,
+                                          oversampling=oversampling, max_beam_offset_px=jitter),
+                     f"structure {spec.name} ({n_frames} frames, reciprocal grid)")
         with _torch_threads(1 if deterministic and method == "fast" else None):
             engine = PatternEngine(structure, geometry, method=method, device=device,
-                                   oversampling=oversampling,
-                                   max_beam_offset_px=JITTER_COVERAGE_SIGMA
-                                   * noise.beam_center_jitter_px)
+                                   oversampling=oversampling, max_beam_offset_px=jitter)
         sseed = shot_seed(seed, spec.name)
         generator = ShotGenerator(engine, noise=noise, fluence=fluence, mix=mix, seed=sseed)
         frames, truth = _simulate(generator, spec.name, n_frames, chunk, progress)
@@ -412,6 +505,7 @@ def _one_structure(spec: StructureSpec, geometry: Geometry, out: Path, *, n_fram
             "config_yaml": config_yaml,
             "code_version": code_version(),
             "hit_class_names": json.dumps(list(HIT_CLASSES)),
+            IDENTITY_ATTR: json.dumps(identity, sort_keys=True),
         })
         write_shard(path, frames, truth, generator.mask, attrs)
     except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the others

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numbers
 
+from speckle_embed.formats import HIT_CLASSES
+
 __all__ = [
     "HIT_CLASSES",
     "NO_HIT",
@@ -28,8 +30,7 @@ __all__ = [
     "hit_class_name",
 ]
 
-HIT_CLASSES: tuple[str, ...] = ("no_hit", "single", "multi", "non_sample")
-"""Names of the hit classes, indexed by their integer code."""
+# HIT_CLASSES (names by integer code) is owned by speckle_embed.formats and re-exported here.
 
 NO_HIT: int = 0
 SINGLE: int = 1

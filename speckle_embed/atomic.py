@@ -1,18 +1,17 @@
 """Atomic writes: a reader sees either the previous complete file (or directory) or the new one,
-whenever the writing process is killed. Temporary names end in ``.tmp`` (readers skip them)."""
+whenever the writing process is killed. Temporary names are :func:`speckle_embed.formats.tmp_name`
+(``<name>.<pid>-<hex>.tmp``; readers skip them)."""
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
 
+from speckle_embed.formats import tmp_sibling
 
-def tmp_sibling(final: Path) -> Path:
-    """``<name>.<pid>-<hex>.tmp`` beside ``final``: unique per writer."""
-    final = Path(final)
-    return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+__all__ = ["tmp_sibling", "replace_atomically", "write_bytes_atomically", "save_figure_atomically",
+           "build_directory_atomically", "read_format_json"]
 
 
 def replace_atomically(write, final) -> Path:
@@ -62,7 +61,7 @@ def build_directory_atomically(directory, write) -> Path:
     try:
         write(tmp)
         if directory.exists():
-            old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old.tmp")
+            old = tmp_sibling(directory, "old")
             os.replace(directory, old)
             os.replace(tmp, directory)
             shutil.rmtree(old, ignore_errors=True)

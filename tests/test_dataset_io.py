@@ -238,9 +238,16 @@ def test_read_only_directory(tmp_path):
         ro.chmod(0o755)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_cleanup_partial_and_completeness(tmp_path):
     good, *_ = write(tmp_path, n=2, name="good")
-    stale = tmp_path / "x.h5.123-abcd.tmp"
+    stale = tmp_path / f"x.h5.{dead_pid()}-0000abcd.tmp"
     stale.write_bytes(b"\x89HDF partial")
     (tmp_path / "x.h5").write_bytes(b"")  # empty file under a final name (foreign damage)
     (tmp_path / "notes.txt").write_text("keep")

@@ -170,7 +170,7 @@ def test_smoke_run_layout_and_attrs(tiny_dataset):
     root, cfg, report = tiny_dataset
     names = [s.name for s in resolve_sources(OmegaConf.to_container(cfg.source))]
     assert report.ok and [o.name for o in report.done] == names
-    assert sorted(p.name for p in (root / "data").iterdir()) == sorted(f"{n}.h5" for n in names)
+    assert sorted(p.name for p in (root / "data").iterdir() if not p.name.startswith(".")) == sorted(f"{n}.h5" for n in names)
     assert json.loads((root / "run" / REPORT_NAME).read_text())["counts"]["done"] == 2
     assert not (root / "run" / EXAMPLES_NAME).exists()        # render_after=false
 
@@ -242,7 +242,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     assert [o.name for o in resumed.skipped] == names[:1]
     assert [o.name for o in resumed.done] == names[1:]
     assert [p.name for p in resumed.removed_tmp] == [stale.name] and not list(out.glob("*.tmp"))
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.h5" for n in names)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(f"{n}.h5" for n in names)
     assert (out / f"{names[0]}.h5").stat().st_mtime_ns == mtime
     assert_same_data(tmp_path / "ref", out, names)
 
@@ -316,7 +316,7 @@ def test_joblib_multirun_two_shards(tiny_dataset, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = [o.name for o in report.done]
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.h5" for n in names)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(f"{n}.h5" for n in names)
     jobs = [json.loads((sweep / str(k) / REPORT_NAME).read_text()) for k in (0, 1)]
     assert [j["shard_index"] for j in jobs] == [0, 1]
     assert [[o["name"] for o in j["outcomes"]] for j in jobs] == [[names[0]], [names[1]]]

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from speckle_embed.formats import DATA_PATH, HIT_CLASSES, MASK_PATHS, TMP_SUFFIX, TRUTH_GROUP
+
 __all__ = [
     "DEFAULT_DATA_PATH",
     "TRUTH_GROUP",
@@ -48,15 +50,10 @@ __all__ = [
     "read_mask",
 ]
 
-DEFAULT_DATA_PATH = "/entry_1/data_1/data"
-TRUTH_GROUP = "/entry_1/truth"
-MASK_PATHS = ("/entry_1/data_1/mask", "/entry_1/instrument_1/detector_1/mask")
+# HIT_CLASSES, TRUTH_GROUP, MASK_PATHS and TMP_SUFFIX are owned by speckle_embed.formats.
+DEFAULT_DATA_PATH = DATA_PATH
+"""Frames path read by default (alias of :data:`speckle_embed.formats.DATA_PATH`)."""
 SHARD_SUFFIXES = (".h5", ".cxi")
-TMP_SUFFIX = ".tmp"
-
-# Mirror of simulate.labels.HIT_CLASSES (this package must not import simulate; a test checks
-# that the two agree).
-HIT_CLASSES: tuple[str, ...] = ("no_hit", "single", "multi", "non_sample")
 
 UNKNOWN = -1
 """Label value of frames whose truth is not stored (e.g. facility CXI files)."""

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from speckle_embed.formats import HIT_CLASSES
+
 __all__ = ["Episode", "sample_episodes", "evaluate_episodes", "HIT_CLASSES", "POSITIVE_CLASS"]
 
-#: Hit-class names by code (DESIGN.md); mirror of ``simulate.labels.HIT_CLASSES``.
-HIT_CLASSES = ("no_hit", "single", "multi", "non_sample")
 #: Hit class that F1 treats as positive.
 POSITIVE_CLASS = 1
 
