@@ -49,10 +49,14 @@ def save_figure_atomically(fig, final, **savefig_kwargs) -> Path:
         plt.close(fig)
 
 
-def build_directory_atomically(directory, write) -> Path:
+def build_directory_atomically(directory, write, *, own=None) -> Path:
     """Build a directory in a ``.tmp`` sibling with ``write(tmp_dir)``, then swap it into place.
 
     An existing ``directory`` is moved aside and removed only after the new one is in place.
+    ``own``: the names of the files this writer owns; every other entry of an existing
+    ``directory`` is moved into the new one instead of being deleted (if one cannot be moved,
+    the old directory is left as its ``.old.tmp`` sibling rather than removed). ``None``: the
+    whole directory is the writer's.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +68,16 @@ def build_directory_atomically(directory, write) -> Path:
             old = tmp_sibling(directory, "old")
             os.replace(directory, old)
             os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
+            kept = True
+            if own is not None:
+                for entry in old.iterdir():
+                    if entry.name not in own:
+                        try:
+                            os.replace(entry, directory / entry.name)
+                        except OSError:
+                            kept = False
+            if kept:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)
     except BaseException:

@@ -18,12 +18,17 @@ renamed into place)::
     classifier.json   format, rule parameters, class names, support counts, threshold, the
                       embedder's checkpoint hash and preprocessing, SHA-256 of the files below
     index.npz         SupportIndex.save (FAISS flat index, ids, integer labels 0..C-1)
-    embedder.pt       a copy of the embedder checkpoint, so that load() works standalone
+    embedder.pt       the embedder's weights (a copy of its checkpoint file while the weights in
+                      memory are still those of the file), so that load() works standalone
+
+Only these three files belong to the classifier: saving over a saved classifier replaces them
+and keeps any other file of the folder (a user's ``notes.txt``). Loading reads ``embedder.pt``
+with ``torch.load(weights_only=True)`` only; the SHA-256 list in ``classifier.json`` detects
+damage, not tampering (``docs/reliability.md``, "Trust model").
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -34,7 +39,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from speckle_embed.atomic import build_directory_atomically, read_format_json
-from speckle_embed.embedder import SpeckleEmbedder, file_hash
+from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
+from speckle_embed.embedder import SpeckleEmbedder
 from speckle_embed.fewshot_rules import (
     RULES,
     UNKNOWN,
@@ -51,6 +57,7 @@ __all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "Class
 #: ``format`` of ``classifier.json``.
 CLASSIFIER_FORMAT = "speckle_embed-classifier-1"
 _JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
+_OWN_FILES = (_JSON, _INDEX, _EMBEDDER)  # everything else in a classifier folder belongs to the user
 _DEFAULT_TEMPERATURE = {"mean_distance": 0.1, "prototype": 0.1, "knn": 1.0}
 
 
@@ -81,14 +88,6 @@ class ClassificationResult(NamedTuple):
     codes: np.ndarray
     distances: np.ndarray
     proba: np.ndarray
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _label_kind(values: list) -> str:
@@ -512,13 +511,27 @@ class FewShotClassifier:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the classifier to ``directory`` atomically (layout in the module docstring).
 
-        The directory is built as a ``<directory>.<pid>-<hex>.tmp`` sibling and renamed into
-        place; an existing saved classifier there is replaced (another non-empty directory is
-        refused).
+        The classifier's files are built in a ``<directory>.<pid>-<hex>.tmp`` sibling and the
+        folder swapped into place; saving over a saved classifier replaces its three files and
+        keeps any other file there. A non-empty directory that is not a saved classifier is refused.
+
+        ``embedder.pt`` holds the weights in use: the embedder's checkpoint file is copied only
+        while the weights in memory still match it (:meth:`SpeckleEmbedder.weights_match_checkpoint`);
+        otherwise (weights changed since loading, no file, or a file that needed
+        ``trust_checkpoint=True``) the current weights are written as plain data. Weights that
+        changed get a new identity: the new file's hash becomes the embedder's and the
+        classifier's ``checkpoint_hash``.
 
         Returns
         -------
         pathlib.Path
+
+        Raises
+        ------
+        FileExistsError
+            ``directory`` is a file, or a non-empty folder without ``classifier.json``.
+        ValueError
+            A callable rule, or the embedder was replaced by another one since fitting.
         """
         self._check_fitted()
         if not isinstance(self.rule, str):
@@ -531,23 +544,22 @@ class FewShotClassifier:
                 raise FileExistsError(f"refusing to overwrite {directory}: a non-empty directory that "
                                       "does not hold a saved FewShotClassifier")
         emb = self.embedder
+        if self.checkpoint_hash_ is not None and self.checkpoint_hash_ != emb.checkpoint_hash:
+            raise ValueError(f"the embedder changed since fit (checkpoint {self.checkpoint_hash_} -> "
+                             f"{emb.checkpoint_hash}); refit before saving")
+        same_weights = emb.weights_match_checkpoint()
+        identity: dict[str, str] = {}
 
         def write(tmp: Path) -> None:
             self.index_.save(tmp / _INDEX)
             src = emb.checkpoint_path
-            if (emb.checkpoint_hash is not None and src is not None and Path(src).is_file()
+            if (same_weights and emb._file_is_plain and src is not None and Path(src).is_file()
                     and file_hash(src) == emb.checkpoint_hash):
                 shutil.copyfile(src, tmp / _EMBEDDER)
-            else:
-                had_hash = emb.checkpoint_hash is not None
-                emb.save_checkpoint(tmp / _EMBEDDER)
-                if not had_hash:  # the copy now identifies the embedder; point it at the final file
-                    emb.checkpoint_path = directory / _EMBEDDER
-            if self.checkpoint_hash_ is None:
-                self.checkpoint_hash_ = emb.checkpoint_hash
-            if self.checkpoint_hash_ != emb.checkpoint_hash:
-                raise ValueError(f"the embedder changed since fit (checkpoint {self.checkpoint_hash_} -> "
-                                 f"{emb.checkpoint_hash}); refit before saving")
+                identity["hash"] = emb.checkpoint_hash
+            else:  # the weights in use, as plain data; unchanged weights keep their identity
+                digest = write_checkpoint(emb.checkpoint_dict(), tmp / _EMBEDDER)
+                identity["hash"] = emb.checkpoint_hash if (same_weights and emb.checkpoint_hash) else digest
             prep = emb.preprocessing.to_dict()
             meta = {
                 "format": CLASSIFIER_FORMAT,
@@ -561,9 +573,9 @@ class FewShotClassifier:
                 "n_supports": self.n_supports_.tolist(),
                 "threshold": self.threshold_,
                 "embedding_size": self.embedding_size_,
-                "embedder": {"checkpoint_hash": emb.checkpoint_hash, "file": _EMBEDDER,
+                "embedder": {"checkpoint_hash": identity["hash"], "file": _EMBEDDER,
                              "preprocessing": prep, "reference_speckle_px": emb.reference_speckle_px},
-                "files": {_INDEX: _sha256(tmp / _INDEX), _EMBEDDER: _sha256(tmp / _EMBEDDER)},
+                "files": {_INDEX: sha256_file(tmp / _INDEX), _EMBEDDER: sha256_file(tmp / _EMBEDDER)},
             }
             with open(tmp / _JSON, "w") as f:
                 json.dump(meta, f, indent=2)
@@ -571,11 +583,20 @@ class FewShotClassifier:
                 f.flush()
                 os.fsync(f.fileno())
 
-        return build_directory_atomically(directory, write)
+        out = build_directory_atomically(directory, write, own=_OWN_FILES)
+        if identity["hash"] != emb.checkpoint_hash or not (same_weights and emb._file_is_plain):
+            # the embedder is now identified by (and can be reloaded from) the file just written
+            emb.checkpoint_hash = identity["hash"]
+            emb.checkpoint_path = directory / _EMBEDDER
+            emb._file_fingerprint = emb.weights_fingerprint()
+            emb._file_is_plain = True
+        self.checkpoint_hash_ = identity["hash"]
+        return out
 
     @classmethod
     def load(cls, directory: str | os.PathLike, embedder: SpeckleEmbedder | None = None, *,
-             device: str = "auto", use_gpu: bool | str = "auto") -> "FewShotClassifier":
+             device: str = "auto", use_gpu: bool | str = "auto",
+             trust_checkpoint: bool = False) -> "FewShotClassifier":
         """Read a classifier written by :meth:`save`.
 
         Parameters
@@ -587,6 +608,12 @@ class FewShotClassifier:
         device : str, default "auto"
             Device of the saved embedder copy (when ``embedder`` is not given).
         use_gpu : {"auto", True, False}, default "auto"
+        trust_checkpoint : bool, default False
+            Explicit opt-in for a folder **you trust** whose ``embedder.pt`` needs more than plain
+            data to load (an old file): it is then unpickled in full, which can run code it
+            contains. Convert such a folder once with ``FewShotClassifier.load(old,
+            trust_checkpoint=True).save(new)``. Without it the file is refused
+            (:class:`~speckle_embed.checkpoint.UntrustedCheckpointError`) and nothing in it runs.
 
         Raises
         ------
@@ -594,7 +621,11 @@ class FewShotClassifier:
             No such directory, or it holds no ``classifier.json``.
         ClassifierFileError
             (a ``ValueError``) A file is corrupt (bad JSON, checksum mismatch, unreadable index or
-            checkpoint) or the files disagree; the message names the file.
+            checkpoint), a value of ``classifier.json`` is invalid, or the files disagree; the
+            message names the file and the key.
+        UntrustedCheckpointError
+            (a ``ValueError``) ``embedder.pt`` needs arbitrary objects to load and
+            ``trust_checkpoint`` is False.
         ValueError
             ``embedder`` is not the one the classifier was fitted with.
         """
@@ -613,13 +644,14 @@ class FewShotClassifier:
             threshold = meta["threshold"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ClassifierFileError(f"{jpath} lacks or garbles a field: {exc!r}") from exc
+        _check_saved_fields(jpath, kind, names, threshold)
 
         def check(name: str) -> Path:
             p = directory / name
             if not p.is_file():
                 raise ClassifierFileError(f"{p} is missing from the saved classifier")
             want = files.get(name)
-            if want is not None and _sha256(p) != want:
+            if want is not None and sha256_file(p) != want:
                 raise ClassifierFileError(f"{p} is corrupt: its SHA-256 differs from the one recorded in "
                                           f"{jpath.name} (modified or truncated after saving)")
             return p
@@ -633,7 +665,10 @@ class FewShotClassifier:
         if embedder is None:
             epath = check(_EMBEDDER)
             try:
-                embedder = SpeckleEmbedder.from_checkpoint(epath, device=device)
+                embedder = SpeckleEmbedder.from_checkpoint(epath, device=device,
+                                                           trust_checkpoint=trust_checkpoint)
+            except UntrustedCheckpointError:
+                raise
             except (ValueError, OSError) as exc:
                 raise ClassifierFileError(f"{epath}: {exc}") from exc
             embedder.checkpoint_hash = saved_hash  # identity of the original checkpoint
@@ -649,18 +684,62 @@ class FewShotClassifier:
         clf = cls(embedder, **{k: v for k, v in params.items() if k in cls._PARAMS}, use_gpu=use_gpu)
         if isinstance(clf.center, list):
             clf.center = tuple(clf.center)
-        counts = np.bincount(index.labels_, minlength=len(names)).tolist() if index.ntotal else []
-        if counts != n_supports or len(counts) != len(names):
-            raise ClassifierFileError(f"{ipath} and {jpath.name} disagree: support counts per class "
-                                      f"{counts} vs {n_supports}")
+        _check_supports(ipath, jpath, index, names, n_supports)
+        try:
+            classes = _labels_array(names, kind)
+        except (TypeError, ValueError) as exc:
+            raise ClassifierFileError(f"{jpath}: key 'classes' holds {names!r}, which are not all "
+                                      f"{'integers' if kind == 'int' else 'strings'} as key 'label_kind' "
+                                      f"= {kind!r} says ({exc}); restore the file or re-save the "
+                                      "classifier") from exc
         if index.dim != embedder.embedding_size:
             raise ClassifierFileError(f"{ipath} holds {index.dim}-D supports but the embedder gives "
                                       f"{embedder.embedding_size}-D embeddings")
         clf.index_ = index
-        clf.classes_ = _labels_array(names, kind)
+        clf.classes_ = classes
         clf._label_kind_ = kind
         clf.n_supports_ = np.asarray(n_supports, dtype=np.int64)
         clf.embedding_size_ = int(index.dim)
         clf.checkpoint_hash_ = saved_hash
         clf.threshold_ = None if threshold is None else float(threshold)
         return clf
+
+
+_REFIX = "restore the file from a backup or re-save the classifier with clf.save(); do not edit it by hand"
+
+
+def _check_saved_fields(jpath: Path, kind: Any, names: list, threshold: Any) -> None:
+    """Refuse impossible ``label_kind`` / ``classes`` / ``threshold`` values of ``classifier.json``."""
+    if kind not in ("str", "int"):
+        raise ClassifierFileError(f"{jpath}: key 'label_kind' is {kind!r}; expected 'str' or 'int' ({_REFIX})")
+    if not names:
+        raise ClassifierFileError(f"{jpath}: key 'classes' is empty; a saved classifier has at least one class "
+                                  f"({_REFIX})")
+    if len(set(map(repr, names))) != len(names):
+        raise ClassifierFileError(f"{jpath}: key 'classes' has duplicates: {names!r} ({_REFIX})")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise ClassifierFileError(f"{jpath}: key 'threshold' is {threshold!r}; expected a finite number or "
+                                  f"null (no rejection) ({_REFIX})")
+
+
+def _check_supports(ipath: Path, jpath: Path, index: SupportIndex, names: list, n_supports: list[int]) -> None:
+    """The index's supports per class code must match ``classes`` and ``n_supports`` of the JSON."""
+    counts = np.bincount(index.labels_, minlength=len(names)).tolist() if index.ntotal else []
+    if len(counts) > len(names):
+        extra = {code: counts[code] for code in range(len(names), len(counts)) if counts[code]}
+        raise ClassifierFileError(
+            f"{jpath}: key 'classes' lists {len(names)} class(es) {names!r} but {ipath.name} holds supports of "
+            f"{len(counts)} classes: no class name for label code(s) {sorted(extra)} "
+            f"(supports: {extra}) - a class is missing from 'classes' ({_REFIX})")
+    empty = [names[i] for i, c in enumerate(counts) if c == 0] if counts else list(names)
+    if empty:
+        raise ClassifierFileError(
+            f"{jpath}: key 'classes' lists {empty!r}, which have no supports in {ipath.name} (extra "
+            f"class(es); the index has supports for {[n for n in names if n not in empty]!r}) ({_REFIX})")
+    if len(n_supports) != len(names) or counts != n_supports:
+        diff = [f"{names[i]!r}: {counts[i]} in {ipath.name}, {n_supports[i] if i < len(n_supports) else 'none'} "
+                f"in {jpath.name}" for i in range(len(names))
+                if i >= len(n_supports) or counts[i] != n_supports[i]]
+        raise ClassifierFileError(f"{jpath}: key 'n_supports' {n_supports} disagrees with {ipath.name}: "
+                                  f"{'; '.join(diff) or 'one count per class expected'} ({_REFIX})")

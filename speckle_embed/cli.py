@@ -294,7 +294,10 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
         import torch
 
         torch.set_num_threads(int(get("threads")))
-    clf = FewShotClassifier.load(get("classifier"), device=get("device", "auto"))
+    trust = get("trust_checkpoint", False)
+    if not isinstance(trust, bool):
+        raise ValueError(f"trust_checkpoint must be true or false; got {trust!r}")
+    clf = FewShotClassifier.load(get("classifier"), device=get("device", "auto"), trust_checkpoint=trust)
     emb = clf.embedder
     emb.batch_size = int(get("batch_size", emb.batch_size))
     emb.precision = get("precision", "float32") or "float32"

@@ -54,11 +54,8 @@ representative frames, which fixes the activation ranges::
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import math
 import os
-import pickle
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -69,37 +66,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from speckle_embed.atomic import write_bytes_atomically
+from speckle_embed.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    file_hash,
+    load_checkpoint_file,
+    weights_fingerprint,
+    write_checkpoint,
+)
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
 from speckle_embed.transfer import HostToDevice
 
+# CheckpointError, CHECKPOINT_FORMAT and file_hash are owned by speckle_embed.checkpoint (re-exported here)
 __all__ = ["SpeckleEmbedder", "CheckpointError", "CHECKPOINT_FORMAT", "file_hash"]
-
-#: Value of the ``format`` key of every checkpoint (DESIGN.md).
-CHECKPOINT_FORMAT = "speckle_embed-checkpoint-1"
 
 _SAMPLE_FRAMES = 64  # frames used by scale="auto" / center="auto"
 _PRECISIONS = ("float32", "bfloat16", "int8")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _FLUSH_ROWS = 65536  # CUDA: embeddings fetched from the device every this many rows
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing keys, corrupt or incompatible; the message names the file."""
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """Checkpoint hash of DESIGN.md: first 16 hex digits of the SHA-256 of the file bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    write_bytes_atomically(data, path)
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -314,6 +299,10 @@ class SpeckleEmbedder:
         self.batch_size = int(batch_size)
         self.checkpoint_hash = checkpoint_hash
         self.checkpoint_path: Path | None = None
+        # fingerprint of the weights that checkpoint_hash identifies (FewShotClassifier.save compares)
+        self._file_fingerprint: str | None = (weights_fingerprint(self.model.state_dict())
+                                              if checkpoint_hash is not None else None)
+        self._file_is_plain = True
         self.reference_speckle_px = None if reference_speckle_px is None else float(reference_speckle_px)
         self.precision = precision
         if isinstance(compile, str) and compile not in _COMPILE_MODES:
@@ -358,21 +347,28 @@ class SpeckleEmbedder:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
-                        weights_only: bool | None = None, reference_speckle_px: float | None = None,
-                        **kwargs) -> "SpeckleEmbedder":
+                        trust_checkpoint: bool = False, reference_speckle_px: float | None = None,
+                        weights_only: bool | None = None, **kwargs) -> "SpeckleEmbedder":
         """Rebuild an embedder from a checkpoint file (format in DESIGN.md).
+
+        The file is read with ``torch.load(weights_only=True)`` (:mod:`speckle_embed.checkpoint`):
+        loading it never runs code from it.
 
         Parameters
         ----------
         path : str or os.PathLike
-            ``best.pt`` / ``last.pt`` written by training, or :meth:`save_checkpoint`.
+            ``best.pt`` / ``last.pt`` written by training, :meth:`save_checkpoint`, or a shipped
+            (compressed) file.
         device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
-        weights_only : bool, optional
-            Passed to :func:`torch.load`. Default: try ``True`` (no arbitrary code is run) and,
-            if the file holds other Python objects (e.g. in its training metadata), retry with
-            ``False`` and warn: do that only for files you trust.
+        trust_checkpoint : bool, default False
+            Explicit opt-in for a file **you trust** that holds Python objects beyond plain data
+            (an old checkpoint): it is then unpickled in full, which can run code it contains.
+            Without it such a file raises :class:`~speckle_embed.checkpoint.UntrustedCheckpointError`.
+            Convert a trusted file once with :func:`speckle_embed.checkpoint.convert_checkpoint`.
         reference_speckle_px : float, optional
             Overrides the value stored in the checkpoint (for ``scale="auto"``).
+        weights_only : bool, optional
+            Deprecated spelling: ``weights_only=False`` is ``trust_checkpoint=True``.
         **kwargs
             Other :class:`SpeckleEmbedder` arguments.
 
@@ -380,62 +376,31 @@ class SpeckleEmbedder:
         ------
         FileNotFoundError
             No such file.
+        UntrustedCheckpointError
+            (a :class:`CheckpointError`) The file needs arbitrary objects to load and
+            ``trust_checkpoint`` is False; nothing in it ran. The message says how to convert it.
         CheckpointError
             (a ``ValueError``) The file is not a readable checkpoint, lacks keys, has another
             format, or its weights do not fit its model config. The message names the file.
         """
-        path = Path(os.fspath(path)).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint {path} is a directory, not a file")
-        data = path.read_bytes()
-        if not data:
-            raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
-        ckpt = cls._load_bytes(data, path, weights_only)
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        model, prep, ref, meta = cls._parse_checkpoint(ckpt, path)
+        if weights_only is False:
+            warnings.warn("from_checkpoint(weights_only=False) is deprecated: pass trust_checkpoint=True "
+                          "(only for files you trust)", DeprecationWarning, stacklevel=2)
+            trust_checkpoint = True
+        loaded = load_checkpoint_file(path, trust_checkpoint=bool(trust_checkpoint))
+        model, prep, ref, meta = cls._parse_checkpoint(loaded.checkpoint, loaded.path)
         if reference_speckle_px is not None:
             ref = reference_speckle_px
-        self = cls(model, prep, device=device, checkpoint_hash=digest, reference_speckle_px=ref,
+        self = cls(model, prep, device=device, checkpoint_hash=loaded.hash, reference_speckle_px=ref,
                    metadata=meta, **kwargs)
-        self.checkpoint_path = path.resolve()
+        self.checkpoint_path = loaded.path.resolve()
+        # a file that needed trust is not copied as it is by FewShotClassifier.save: rewritten plain
+        self._file_is_plain = not loaded.trusted
         return self
 
     @staticmethod
-    def _load_bytes(data: bytes, path: Path, weights_only: bool | None) -> Any:
-        def load(wo: bool):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=wo)
-
-        try:
-            return load(True if weights_only is None else bool(weights_only))
-        except pickle.UnpicklingError as exc:
-            if weights_only is None and "weights_only" in str(exc):
-                warnings.warn(f"checkpoint {path} holds objects that torch.load(weights_only=True) "
-                              f"refuses; loading it with weights_only=False (only do this for files "
-                              f"you trust). Reason: {str(exc).splitlines()[0]}", stacklevel=3)
-                try:
-                    return load(False)
-                except Exception as exc2:  # noqa: BLE001
-                    raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint: "
-                                          f"{exc2}") from exc2
-            raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - zip/EOF/pickle errors of a damaged file
-            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint "
-                                  f"(truncated or overwritten?): {type(exc).__name__}: {exc}") from exc
-
-    @staticmethod
     def _parse_checkpoint(ckpt: Any, path: Path):
-        if not isinstance(ckpt, dict):
-            raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-        fmt = ckpt.get("format")
-        from speckle_embed.pretrained import PRETRAINED_FORMAT, expand_checkpoint  # imports this module
-
-        if fmt == PRETRAINED_FORMAT:  # the int8-compressed shipped form
-            ckpt = expand_checkpoint(ckpt, path)
-            fmt = ckpt["format"]
-        if fmt != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path} has format {fmt!r}; expected {CHECKPOINT_FORMAT!r}")
+        """(model, preprocessing, reference_speckle_px, metadata) of a checked checkpoint dict."""
         missing = [k for k in ("model", "state_dict", "preprocessing") if k not in ckpt]
         if missing:
             raise CheckpointError(f"checkpoint {path} lacks the key(s) {missing}")
@@ -485,15 +450,26 @@ class SpeckleEmbedder:
             (an embedder keeps the identity of the checkpoint it was loaded from).
         """
         path = Path(os.fspath(path)).expanduser()
-        buf = io.BytesIO()
-        torch.save(self.checkpoint_dict(), buf)
-        data = buf.getvalue()
-        _atomic_write_bytes(path, data)
-        digest = hashlib.sha256(data).hexdigest()[:16]
+        ckpt = self.checkpoint_dict()
+        digest = write_checkpoint(ckpt, path)
         if self.checkpoint_hash is None:
             self.checkpoint_hash = digest
             self.checkpoint_path = path.resolve()
+            self._file_fingerprint = weights_fingerprint(ckpt["state_dict"])
+            self._file_is_plain = True
         return digest
+
+    def weights_fingerprint(self) -> str:
+        """:func:`speckle_embed.checkpoint.weights_fingerprint` of the weights in memory now."""
+        return weights_fingerprint(self.model.state_dict())
+
+    def weights_match_checkpoint(self) -> bool:
+        """Whether the weights in memory are still those of :attr:`checkpoint_hash`'s file.
+
+        ``False`` when they were changed (fine-tuned, edited) since the embedder was loaded or
+        built with a hash, or when no fingerprint of that file is known.
+        """
+        return self._file_fingerprint is not None and self.weights_fingerprint() == self._file_fingerprint
 
     # ------------------------------------------------------------------ properties
     @property

@@ -179,7 +179,7 @@ def test_resume_refuses_another_config(data_dir, tmp_path):
     cfg = compose_cfg(data_dir, tmp_path / "run", epochs=1)
     train(cfg)
     other = compose_cfg(data_dir, tmp_path / "run", epochs=1, **{"loss.margin": 0.9})
-    with pytest.raises(ValueError, match=r"loss.margin: 0.1 -> 0.9"):
+    with pytest.raises(ValueError, match=r"loss.margin: 0.1 -> 0.9.*another run folder \(name=\.\.\.\)"):
         train(other)
     other["resume"] = "never"
     assert train(other).resumed_from is None

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from speckle_embed.checkpoint import resolve_checkpoint_spec
+from speckle_embed.embedder import SpeckleEmbedder
 from speckle_embed.evaluation import figures
 from speckle_embed.evaluation.labelled import load_labelled_sets
 from speckle_embed.evaluation.offline import fluence_scan, kshot_protocol, size_table, tsne_embeddings
@@ -54,18 +56,20 @@ def code_version() -> str:
     return f"speckle_embed {__version__}" + (f" git {commit}{'+dirty' if dirty else ''}" if commit else "")
 
 
-def load_embedder(checkpoint: str, device: str = "cpu", base_dir: str | None = None):
-    """``"pretrained"`` -> the shipped weights; otherwise a checkpoint path (relative to ``base_dir``)."""
-    from speckle_embed.embedder import SpeckleEmbedder
+def load_embedder(checkpoint: str, device: str = "cpu", base_dir: str | None = None, *,
+                  trust_checkpoint: bool = False):
+    """The embedder a checkpoint spec names (:func:`speckle_embed.checkpoint.parse_checkpoint_spec`):
+    ``pretrained`` / ``default`` / ``pretrained:<name>`` (shipped weights) or a path (relative to
+    ``base_dir``). Read with ``weights_only=True`` unless ``trust_checkpoint`` (explicit opt-in)."""
+    return SpeckleEmbedder.from_checkpoint(resolve_checkpoint_spec(checkpoint, base_dir), device=device,
+                                           trust_checkpoint=trust_checkpoint)
 
-    if checkpoint in ("pretrained", "default"):
-        from speckle_embed.pretrained import load_pretrained
 
-        return load_pretrained(device=device)
-    path = Path(os.path.expanduser(checkpoint))
-    if not path.is_absolute() and base_dir:
-        path = Path(base_dir) / path
-    return SpeckleEmbedder.from_checkpoint(path, device=device)
+def _flag(value, key: str) -> bool:
+    """A yes/no config value; anything else is refused (``trust_checkpoint="no"`` must not mean yes)."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{key} must be true or false; got {value!r}")
 
 
 def _abs(paths, base_dir: str | None):
@@ -232,7 +236,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
         torch.set_num_threads(int(cfg["threads"]))
     np.random.seed(seed)
     torch.manual_seed(seed)
-    emb = load_embedder(str(cfg["checkpoint"]), device=cfg.get("device", "cpu"), base_dir=base_dir)
+    emb = load_embedder(str(cfg["checkpoint"]), device=cfg.get("device", "cpu"), base_dir=base_dir,
+                        trust_checkpoint=_flag(cfg.get("trust_checkpoint", False), "trust_checkpoint"))
     plain = {k: v for k, v in cfg.items() if k not in ("out_dir", "base_dir")}
     stamp = {"checkpoint": str(cfg["checkpoint"]), "checkpoint_hash": emb.checkpoint_hash,
              "seed": seed, "code": code_version(),

@@ -11,7 +11,7 @@ Examples
     python -m speckle_embed.train train/experiment=offline            # simulates data if missing
     python -m speckle_embed.train train/experiment=offline data.dirs=[data/simulated/procedural,data/simulated/pdb]
     python -m speckle_embed.train train/experiment=online data.dirs=[run42.h5]
-    python -m speckle_embed.train run_name=m02 loss.margin=0.2        # resumes if outputs/train/m02 has last.pt
+    python -m speckle_embed.train name=m02 loss.margin=0.2            # resumes if outputs/train/m02 has last.pt
     python -m speckle_embed.train -m loss.margin=0.05,0.2,0.5,1.0 hydra/launcher=joblib
     python -m speckle_embed.train --cfg job                           # print the composed configuration
     torchrun --standalone --nproc_per_node 4 -m speckle_embed.train name=ddp4   # data-parallel, docs/distributed.md

@@ -1,14 +1,13 @@
-"""Checkpoint files: atomic writes, RNG states, and rebuilding an embedder for inference.
+"""Training checkpoints: atomic writes, RNG states, and rebuilding an embedder for inference.
 
-Format (``DESIGN.md``): a ``torch.save`` dict with ``format``, ``model`` (registry config),
-``state_dict``, ``preprocessing`` and ``training`` metadata; ``last.pt`` adds the optimizer,
-scheduler, scaler, sampler and RNG states needed to resume. Everything stored is plain
-Python data or tensors, so every checkpoint loads with ``torch.load(weights_only=True)``.
+Format (``DESIGN.md``, owned by :mod:`speckle_embed.checkpoint`): a ``torch.save`` dict with
+``format``, ``model`` (registry config), ``state_dict``, ``preprocessing`` and ``training``
+metadata; ``last.pt`` adds the optimizer, scheduler, scaler, sampler and RNG states needed to
+resume. Everything stored is plain Python data or tensors, so every checkpoint loads with
+``torch.load(weights_only=True)``, the only way :func:`load_checkpoint` reads one.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from speckle_embed.atomic import replace_atomically
+from speckle_embed.checkpoint import CHECKPOINT_FORMAT, file_hash, load_checkpoint_file
 from speckle_embed.models import build_model
 from speckle_embed.preprocess import Preprocessing
 
@@ -30,9 +30,6 @@ __all__ = [
     "get_rng_states",
     "set_rng_states",
 ]
-
-CHECKPOINT_FORMAT = "speckle_embed-checkpoint-1"
-
 
 def atomic_torch_save(obj: Any, path) -> Path:
     """``torch.save`` to ``<name>.<pid>-<hex>.tmp``, fsync, then ``os.replace`` onto ``path``.
@@ -49,26 +46,14 @@ def atomic_write_text(text: str, path) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu", *, expand_compressed: bool = False) -> dict:
-    """Load a checkpoint written by the trainer (``weights_only=True``) and check its format.
+    """Load a checkpoint written by the trainer (``weights_only=True`` only) and check its format.
 
     ``expand_compressed=True`` also accepts the int8-compressed form of the shipped embeddings
     (:mod:`speckle_embed.pretrained`), returned as a regular checkpoint with float32 weights.
+    Raises ``FileNotFoundError``, or :class:`~speckle_embed.checkpoint.CheckpointError` (a
+    ``ValueError`` naming the file) for a corrupt, foreign or unsafe file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - add the file name to any unpickling error
-        raise ValueError(f"cannot load checkpoint {path}: {exc}") from exc
-    if expand_compressed and isinstance(ckpt, dict):
-        from speckle_embed.pretrained import PRETRAINED_FORMAT, expand_checkpoint
-        if ckpt.get("format") == PRETRAINED_FORMAT:
-            ckpt = expand_checkpoint(ckpt, path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {got!r})")
-    return ckpt
+    return load_checkpoint_file(path, map_location=map_location, expand_compressed=expand_compressed).checkpoint
 
 
 def load_embedder(path, map_location="cpu") -> tuple[torch.nn.Module, Preprocessing, dict]:
@@ -94,13 +79,9 @@ def load_embedder(path, map_location="cpu") -> tuple[torch.nn.Module, Preprocess
     return model, Preprocessing.from_dict(ckpt["preprocessing"]), ckpt
 
 
-def checkpoint_hash(path) -> str:
-    """First 16 hex digits of the sha256 of the file bytes (identifies an embedder)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+#: First 16 hex digits of the sha256 of a file (identifies an embedder); an alias of
+#: :func:`speckle_embed.checkpoint.file_hash`.
+checkpoint_hash = file_hash
 
 
 def get_rng_states() -> dict:

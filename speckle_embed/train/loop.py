@@ -40,7 +40,6 @@ import csv
 import io
 import logging
 import math
-import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 
 from speckle_embed.atomic import save_figure_atomically
+from speckle_embed.checkpoint import resolve_checkpoint_spec
 from speckle_embed.losses import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletLoss
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
@@ -86,10 +86,7 @@ def _load_init(spec: str, base_dir: Path) -> dict:
     """Checkpoint dict of ``init_checkpoint``: a trainer checkpoint path, a compressed (shipped
     format) file, or ``pretrained`` / ``pretrained:<name>`` for an embedding shipped in the
     package (dequantised weights)."""
-    if spec == "pretrained" or spec.startswith("pretrained:"):
-        from speckle_embed.pretrained import DEFAULT_PRETRAINED, pretrained_checkpoint
-        return pretrained_checkpoint(spec.partition(":")[2] or DEFAULT_PRETRAINED)
-    return load_checkpoint(_absolute(spec, base_dir), map_location="cpu", expand_compressed=True)
+    return load_checkpoint(resolve_checkpoint_spec(spec, base_dir), map_location="cpu", expand_compressed=True)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -138,11 +135,6 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
-
-
-def _absolute(path, base: Path) -> Path:
-    p = Path(os.path.expanduser(os.fspath(path)))
-    return p if p.is_absolute() else base / p
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -464,7 +456,7 @@ class _Trainer:
         if diffs:
             raise ValueError(
                 f"{path} was written by a run with another configuration; differences: "
-                f"{'; '.join(diffs)}. Use another run folder (run_name=...) or resume=never.")
+                f"{'; '.join(diffs)}. Use another run folder (name=...) or resume=never.")
         t = ckpt["training"]
         if int(t["steps_per_epoch"]) != self.steps_per_epoch:
             raise ValueError(f"{path}: steps_per_epoch {t['steps_per_epoch']} != {self.steps_per_epoch}")
