@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -13,6 +14,44 @@ def tmp_sibling(final: Path) -> Path:
     """``<name>.<pid>-<hex>.tmp`` beside ``final``: unique per writer."""
     final = Path(final)
     return final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final) -> list[Path]:
+    """Remove the temporaries of ``final`` (:func:`tmp_sibling` names) whose writer is gone.
+
+    Only names of the form ``<final name>.<pid>-<8 hex>.tmp`` are touched, and only when no
+    process ``pid`` runs on this machine (a writer killed by ``kill -9`` or a power cut).
+    Other ``.tmp`` files, and temporaries of live writers, stay.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    final = Path(final)
+    pattern = re.compile(re.escape(final.name) + r"\.(\d+)-[0-9a-f]{8}\.tmp")
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for p in final.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def replace_atomically(write, final) -> Path:
