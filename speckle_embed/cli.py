@@ -252,15 +252,12 @@ def _open(path: Path) -> h5py.File:
 def _write_error(path: Path, exc: BaseException) -> OSError:
     """The one-line error for a failed write of ``path`` (full disk, I/O error, permission)."""
     if isinstance(exc, OSError) and exc.errno is not None:
-        reason = f"{os.strerror(exc.errno)} (errno {errno.errorcode.get(exc.errno, exc.errno)})"
-        code = exc.errno
+        reason, code = os.strerror(exc.errno), exc.errno
     else:
         reason, code = " ".join(str(exc).split())[:200], errno.EIO
-    err = OSError(code, f"cannot write {path}: {reason}; no result file was written: free space or "
-                        f"fix the permissions of {path.parent}, or give output_dir=<another folder>, "
-                        "and rerun")
-    err.strerror = str(err.args[1])
-    return err
+    return OSError(code, f"cannot write {path}: {reason}; no result was written (earlier results are "
+                         f"untouched): free space or fix the permissions of {path.parent}, or give "
+                         "output_dir=<another folder>, and rerun")
 
 
 class _Writer:
