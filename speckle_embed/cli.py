@@ -9,8 +9,9 @@ the tests and notebooks can call too::
 
 Files are read ``chunk_size`` frames at a time, so they may exceed the memory. Results go to
 ``<output_dir>/<output_name>.h5`` and ``.csv``, each written to a ``<name>.<pid>-<hex>.tmp``
-sibling and renamed when both are complete; the HDF5 results are built in memory (about
-``28 + 8 * n_classes`` bytes per frame, plus the label strings) and written to disk at the end,
+sibling and renamed when both are complete; the HDF5 results are built in memory (about 93
+bytes per frame for four classes: ``benchmarks/bench_classify_results_memory.py``) and written
+to disk at the end,
 so a write error (full disk, I/O error, no permission) never leaves an HDF5 file open: it gives
 a one-line error, exit status 1, no temporary file, and the previous results untouched
 (``docs/reliability.md``). HDF5 layout::
