@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from speckle_embed.formats import (CXI_VERSION, DATA_PATH, DETECTOR_GROUP, HIT_CLASSES, MASK_PATH,
-                                   TMP_SUFFIX, TRUTH_GROUP, parse_tmp_name, tmp_sibling)  # noqa: F401 (re-exported)
+                                   TMP_SUFFIX, TRUTH_GROUP, parse_tmp_name, pid_alive, tmp_sibling)  # noqa: F401 (re-exported)
 
 from .errors import SimulationError
 
@@ -649,21 +649,6 @@ def verify_shard(path) -> str | None:
     if actual != (stored.decode() if isinstance(stored, bytes) else str(stored)):
         return "checksum mismatch (damaged or modified after writing)"
     return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (``kill(pid, 0)``)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def cleanup_partial(directory, *, max_age_s: float = 24 * 3600.0, recursive: bool = False,

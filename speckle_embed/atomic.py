@@ -8,10 +8,37 @@ import os
 import shutil
 from pathlib import Path
 
-from speckle_embed.formats import tmp_sibling
+from speckle_embed.formats import parse_tmp_name, pid_alive, tmp_sibling
 
 __all__ = ["tmp_sibling", "replace_atomically", "write_bytes_atomically", "save_figure_atomically",
            "build_directory_atomically", "read_format_json"]
+
+
+def remove_stale_temporaries(final) -> list[Path]:
+    """Remove the temporaries of ``final`` (:func:`tmp_sibling` names) whose writer is gone.
+
+    Only names that :func:`speckle_embed.formats.parse_tmp_name` recognises as temporaries of
+    ``final`` are touched, and only when no process ``pid`` runs on this machine (a writer killed
+    by ``kill -9`` or a power cut). Other ``.tmp`` files, and temporaries of live writers, stay.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for p in final.parent.iterdir():
+        t = parse_tmp_name(p.name)
+        if t is not None and t.final == final.name and p.is_file() and not pid_alive(t.pid):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def replace_atomically(write, final) -> Path:

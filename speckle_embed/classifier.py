@@ -49,6 +49,7 @@ from speckle_embed.fewshot_rules import (
     knn,
     scores_to_proba,
 )
+from speckle_embed.frame_checks import warn_empty
 from speckle_embed.index import SupportIndex
 
 __all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "ClassifierFileError",
@@ -82,12 +83,18 @@ class ClassificationResult(NamedTuple):
         The rule's per-class distances (smaller = closer).
     proba : ndarray of float64, shape (m, n_classes)
         Softmax of ``-distances / temperature``.
+    empty : ndarray of bool, shape (m,)
+        Frames with no photons or no contrast in the model's field of view (all zero,
+        constant): their label and probabilities are meaningless
+        (:mod:`speckle_embed.frame_checks`). Appended last, so indices 0-3 and construction
+        from four values are unchanged (``None`` then); unpack by attribute, not as a 4-tuple.
     """
 
     labels: np.ndarray
     codes: np.ndarray
     distances: np.ndarray
     proba: np.ndarray
+    empty: np.ndarray | None = None
 
 
 def _label_kind(values: list) -> str:
@@ -441,12 +448,20 @@ class FewShotClassifier:
         return self._scores(self._embed(X, mask))
 
     def classify(self, X, mask=None) -> ClassificationResult:
-        """Labels, codes, distances and probabilities from one embedding pass."""
+        """Labels, codes, distances, probabilities and empty flags from one embedding pass.
+
+        Frames smaller than the model's field of view raise ``ValueError`` (as every method
+        that embeds frames); frames with no photons or no contrast in it are classified but
+        flagged in ``result.empty`` and reported by one
+        :class:`~speckle_embed.frame_checks.EmptyFrameWarning` (how many, which indices).
+        """
         self._check_fitted()
-        dist = self._scores(self._embed(X, mask))
+        Z, empty = self.embedder.embed(X, mask, scale=self.scale, center=self.center, return_empty=True)
+        warn_empty(empty)
+        dist = self._scores(Z)
         codes = self._codes(dist)
         return ClassificationResult(self._decode(codes), codes, dist,
-                                    scores_to_proba(dist, self._temperature()))
+                                    scores_to_proba(dist, self._temperature()), empty)
 
     def predict(self, X, mask=None) -> np.ndarray:
         """Class of each query (the closest by the rule; "unknown" where rejected).

@@ -8,8 +8,13 @@ the tests and notebooks can call too::
     python -m speckle_embed classify classifier=clf/ inputs=[a.h5,b.h5] chunk_size=512 device=cuda
 
 Files are read ``chunk_size`` frames at a time, so they may exceed the memory. Results go to
-``<output_dir>/<output_name>.h5`` and ``.csv``, each written to a ``.tmp`` file and renamed when
-complete. HDF5 layout::
+``<output_dir>/<output_name>.h5`` and ``.csv``, each written to a ``<name>.<pid>-<hex>.tmp``
+sibling and renamed when both are complete; the HDF5 results are built in memory (about 93
+bytes per frame for four classes: ``benchmarks/bench_classify_results_memory.py``) and written
+to disk at the end,
+so a write error (full disk, I/O error, no permission) never leaves an HDF5 file open: it gives
+a one-line error, exit status 1, no temporary file, and the previous results untouched
+(``docs/reliability.md``). HDF5 layout::
 
     /files                        input paths (str), index = file_index
     /predictions/file_index       int32 (n,)
@@ -18,21 +23,30 @@ complete. HDF5 layout::
     /predictions/code             int64 (n,)   index into class_names, -1 if rejected
     /predictions/distances        float32 (n, n_classes)   the rule's distances
     /predictions/probabilities    float32 (n, n_classes)
+    /predictions/empty            bool (n,)    no photons (or no contrast) in the model's field of
+                                               view: the prediction is meaningless
     attributes: class_names (JSON), rule, temperature, threshold, classifier, checkpoint_hash,
-                data_paths (JSON, per file), n_frames, created_utc
+                data_paths (JSON, per file), n_frames, n_empty, created_utc
 
-The CSV has one row per frame: ``file, frame, prediction, distance_<class>..., proba_<class>...``.
+The CSV has one row per frame:
+``file, frame, prediction, distance_<class>..., proba_<class>..., empty`` (``empty`` 0 or 1).
+
+Frames datasets (``data_path=null``): the CXI paths (``/entry_1/data_1/data``, then
+``/entry_1/instrument_1/detector_1/data``); else the one 3-D numeric dataset whose frames cover
+the model's field of view. Several such datasets, or only smaller ones, are refused with a message
+that lists them and names ``data_path=``.
 """
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import errno
 import glob
 import json
 import os
-import secrets
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,12 +54,18 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-__all__ = ["CONFIG_DIR", "classify_main", "run_classify", "resolve_inputs", "find_frames_dataset"]
+from speckle_embed.atomic import remove_stale_temporaries, tmp_sibling
+from speckle_embed.data.h5dataset import DEFAULT_DATA_PATH, MASK_PATHS
+from speckle_embed.frame_checks import EmptyFrameWarning, check_frame_size, field_of_view_px
+
+__all__ = ["CONFIG_DIR", "CXI_DATA_PATHS", "classify_main", "run_classify", "resolve_inputs",
+           "find_frames_dataset"]
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 """Absolute path of the repository's ``conf/`` folder (editable install)."""
 
-DEFAULT_DATA_PATH = "/entry_1/data_1/data"
+#: Where CXI files keep their frames, in order of preference (cxidb's CXI format).
+CXI_DATA_PATHS = (DEFAULT_DATA_PATH, "/entry_1/instrument_1/detector_1/data")
 _SUFFIXES = (".h5", ".cxi", ".hdf5", ".nxs")
 
 
@@ -105,44 +125,90 @@ def _dir_files(d: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in _SUFFIXES)
 
 
-def find_frames_dataset(f: h5py.File, data_path: str | None = None) -> h5py.Dataset:
+def _is_frames(obj) -> bool:
+    return isinstance(obj, h5py.Dataset) and obj.ndim == 3 and obj.dtype.kind in "biuf"
+
+
+def find_frames_dataset(f: h5py.File, data_path: str | None = None, *,
+                        min_side: int | None = None) -> h5py.Dataset:
     """The ``(n, H, W)`` frames of an open file.
 
-    ``data_path`` if given; else ``/entry_1/data_1/data`` if it is a 3-D dataset; else the first
-    3-D numeric dataset found walking the file.
+    Parameters
+    ----------
+    f : h5py.File
+    data_path : str, optional
+        HDF5 path of the frames. Default: the first of :data:`CXI_DATA_PATHS` that is a 3-D
+        numeric dataset; else the only 3-D numeric dataset of the file whose frames are at
+        least ``min_side`` pixels across.
+    min_side : int, optional
+        The model's field of view (pixels, :func:`speckle_embed.frame_checks.field_of_view_px`):
+        smaller frames are refused, and are not candidates for discovery.
 
     Raises
     ------
     ValueError
-        Nothing suitable; the message names the file and lists the datasets seen.
+        Nothing suitable, several candidates (listed, with ``data_path=`` to choose one), or
+        frames smaller than ``min_side``; the message names the file.
     """
     name = f.filename
+
+    def size_ok(obj, where: str) -> h5py.Dataset:
+        if min_side is not None and (obj.shape[1] < min_side or obj.shape[2] < min_side):
+            raise ValueError(f"{name}: {where} {obj.name!r} holds frames of {obj.shape[1]}x{obj.shape[2]} "
+                             f"pixels, smaller than the model's field of view of {min_side}x{min_side} "
+                             "pixels: these are not detector frames for this model; give "
+                             "data_path=<HDF5 path of the (n, H, W) frames>")
+        return obj
+
     if data_path:
         obj = f.get(data_path)
         if obj is None:
-            raise ValueError(f"{name} has no dataset {data_path!r}")
-        if not isinstance(obj, h5py.Dataset) or obj.ndim != 3 or obj.dtype.kind not in "biuf":
+            raise ValueError(f"{name} has no dataset {data_path!r} (data_path=...)")
+        if not _is_frames(obj):
             raise ValueError(f"{name}: {data_path!r} is not an (n, H, W) numeric dataset "
-                             f"(shape {getattr(obj, 'shape', None)})")
-        return obj
-    obj = f.get(DEFAULT_DATA_PATH)
-    if isinstance(obj, h5py.Dataset) and obj.ndim == 3:
-        return obj
-    found: list[h5py.Dataset] = []
+                             f"(shape {getattr(obj, 'shape', None)}); fix data_path=...")
+        return size_ok(obj, "data_path")
+    for path in CXI_DATA_PATHS:
+        obj = f.get(path)
+        if _is_frames(obj):
+            return size_ok(obj, "the CXI frames dataset")
+    candidates: list[h5py.Dataset] = []
+    small: list[h5py.Dataset] = []
     seen: list[str] = []
 
     def visit(path, o):
         if isinstance(o, h5py.Dataset):
             seen.append(f"/{path} {o.shape}")
-            if o.ndim == 3 and o.dtype.kind in "biuf" and not found:
-                found.append(o)
+            if _is_frames(o):
+                too_small = min_side is not None and (o.shape[1] < min_side or o.shape[2] < min_side)
+                (small if too_small else candidates).append(o)
 
     f.visititems(visit)
-    if not found:
-        listing = ", ".join(seen[:10]) or "none"
-        raise ValueError(f"{name} has no 3-D (n, H, W) dataset of frames; datasets: {listing}. "
-                         "Give data_path=...")
-    return found[0]
+
+    def listing(objs):
+        return ", ".join(f"{o.name} {o.shape}" for o in objs)
+
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        raise ValueError(f"{name} has no frames at a CXI path ({', '.join(CXI_DATA_PATHS)}) and several "
+                         f"3-D datasets that could be the frames: {listing(candidates)}; choose one with "
+                         "data_path=<path>")
+    if small:
+        raise ValueError(f"{name} has no frames at a CXI path ({', '.join(CXI_DATA_PATHS)}); its 3-D "
+                         f"datasets {listing(small)} are smaller than the model's field of view of "
+                         f"{min_side}x{min_side} pixels, so none holds detector frames; give "
+                         "data_path=<HDF5 path of the (n, H, W) frames>")
+    shown = ", ".join(seen[:10]) or "none"
+    raise ValueError(f"{name} has no 3-D (n, H, W) dataset of frames; datasets: {shown}. "
+                     "Give data_path=...")
+
+
+def _damaged(path: Path, what: str, exc: BaseException) -> OSError:
+    """The one-line error for an input file h5py cannot read (damaged or truncated)."""
+    detail = " ".join(str(exc).split())
+    return OSError(f"cannot read {what} of {path}: the file is damaged or truncated ({detail[:200]}); "
+                   "copy it again from its source (or regenerate it), or leave it out of inputs")
 
 
 def _read_external_mask(spec: str) -> np.ndarray:
@@ -158,7 +224,7 @@ def _read_external_mask(spec: str) -> np.ndarray:
 
 
 def _file_mask(f: h5py.File, mask_path: str | None) -> np.ndarray | None:
-    paths = [mask_path] if mask_path else ["/entry_1/data_1/mask", "/entry_1/instrument_1/detector_1/mask"]
+    paths = [mask_path] if mask_path else list(MASK_PATHS)
     for p in paths:
         obj = f.get(p)
         if obj is None:
@@ -178,25 +244,47 @@ def _open(path: Path) -> h5py.File:
         except TypeError:
             return h5py.File(path, "r")
     except OSError as exc:
-        raise OSError(f"cannot open {path} as HDF5 (truncated or not HDF5?): {exc}") from exc
+        detail = " ".join(str(exc).split())
+        raise OSError(f"cannot open {path} as HDF5 (truncated, damaged or not HDF5: {detail}); copy it "
+                      "again from its source, or leave it out of inputs") from exc
 
 
 # ----------------------------------------------------------------------------- outputs
+def _write_error(path: Path, exc: BaseException) -> OSError:
+    """The one-line error for a failed write of ``path`` (full disk, I/O error, permission)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason, code = os.strerror(exc.errno), exc.errno
+    else:
+        reason, code = " ".join(str(exc).split())[:200], errno.EIO
+    return OSError(code, f"cannot write {path}: {reason}; no result was written (earlier results are "
+                         f"untouched): free space or fix the permissions of {path.parent}, or give "
+                         "output_dir=<another folder>, and rerun")
+
+
 class _Writer:
-    """Streams rows into the .h5 and .csv temporaries; :meth:`commit` renames them."""
+    """Streams rows into a .csv temporary and an in-memory HDF5 file; :meth:`commit` writes the
+    HDF5 temporary and renames both; :meth:`abort` removes every temporary.
+
+    HDF5 never touches the disk before :meth:`commit` (``driver="core"``, no backing store): a
+    file whose write failed cannot be closed by the HDF5 library, which then crashes the
+    interpreter at exit (exit 139). The bytes are written by Python instead, whose errors are
+    plain ``OSError``. Every error of a write is re-raised by :func:`_write_error`.
+    """
 
     def __init__(self, out_dir: Path, name: str, clf, files: list[Path], write_csv: bool):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.h5_path = out_dir / f"{name}.h5"
         self.csv_path = out_dir / f"{name}.csv" if write_csv else None
-        self.h5_tmp = out_dir / f"{name}.h5.{tag}.tmp"
-        self.csv_tmp = out_dir / f"{name}.csv.{tag}.tmp" if write_csv else None
+        self.h5_tmp = tmp_sibling(self.h5_path)
+        self.csv_tmp = tmp_sibling(self.csv_path) if write_csv else None
         self.classes = [str(c) for c in clf.classes_.tolist()]
         c = len(self.classes)
         self.str_labels = clf._label_kind_ == "str"
         self.n = 0
-        self.h5 = h5py.File(self.h5_tmp, "w")
+        self.n_empty = 0
+        self.csv_file = None
+        # in memory; the name is only a label (no file is created)
+        self.h5 = h5py.File(str(self.h5_tmp), "w", driver="core", backing_store=False,
+                            block_size=1 << 22)
         self.h5.create_dataset("files", data=np.array([str(p) for p in files], dtype=object),
                                dtype=h5py.string_dtype())
         g = self.h5.create_group("predictions")
@@ -214,55 +302,89 @@ class _Writer:
             "code": ds("code", np.int64),
             "distances": ds("distances", np.float32, c),
             "probabilities": ds("probabilities", np.float32, c),
+            "empty": ds("empty", np.bool_),
         }
-        self.csv_file = None
         if write_csv:
-            self.csv_file = open(self.csv_tmp, "w", newline="")
-            self.csv = csv.writer(self.csv_file)
-            self.csv.writerow(["file", "frame", "prediction"] + [f"distance_{n}" for n in self.classes]
-                              + [f"proba_{n}" for n in self.classes])
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                self.csv_file = open(self.csv_tmp, "w", newline="")
+                self.csv = csv.writer(self.csv_file)
+                self.csv.writerow(["file", "frame", "prediction"] + [f"distance_{n}" for n in self.classes]
+                                  + [f"proba_{n}" for n in self.classes] + ["empty"])
+            except OSError as exc:
+                self.abort()
+                raise _write_error(self.csv_path, exc) from exc
 
     def append(self, file_index: int, path: Path, frame0: int, res) -> None:
         m = res.codes.shape[0]
         frames = np.arange(frame0, frame0 + m, dtype=np.int64)
         labels = (np.array([str(v) for v in res.labels], dtype=object) if self.str_labels
                   else res.labels.astype(np.int64))
+        empty = np.zeros(m, bool) if res.empty is None else np.asarray(res.empty, bool)
         cols = {"file_index": np.full(m, file_index, np.int32), "frame_index": frames, "label": labels,
                 "code": res.codes, "distances": res.distances.astype(np.float32),
-                "probabilities": res.proba.astype(np.float32)}
+                "probabilities": res.proba.astype(np.float32), "empty": empty}
         for key, d in self.ds.items():
             d.resize(self.n + m, axis=0)
             d[self.n:self.n + m] = cols[key]
         self.n += m
+        self.n_empty += int(empty.sum())
         if self.csv_file is not None:
             name = str(path)
-            for i in range(m):
-                self.csv.writerow([name, int(frames[i]), res.labels[i]]
-                                  + [f"{v:.6g}" for v in res.distances[i]]
-                                  + [f"{v:.6g}" for v in res.proba[i]])
+            try:
+                for i in range(m):
+                    self.csv.writerow([name, int(frames[i]), res.labels[i]]
+                                      + [f"{v:.6g}" for v in res.distances[i]]
+                                      + [f"{v:.6g}" for v in res.proba[i]] + [int(empty[i])])
+            except OSError as exc:
+                raise _write_error(self.csv_path, exc) from exc
 
     def commit(self, attrs: Mapping[str, Any]) -> None:
+        """Finish both temporaries (fsync), then rename them: the CSV, then the HDF5 file."""
+        if self.csv_file is not None:
+            try:
+                self.csv_file.flush()
+                os.fsync(self.csv_file.fileno())
+                self.csv_file.close()
+            except OSError as exc:
+                raise _write_error(self.csv_path, exc) from exc
         for key, value in attrs.items():
             self.h5.attrs[key] = value
         self.h5.flush()
+        image = self.h5.id.get_file_image()
         self.h5.close()
-        os.replace(self.h5_tmp, self.h5_path)
-        if self.csv_file is not None:
-            self.csv_file.flush()
-            os.fsync(self.csv_file.fileno())
-            self.csv_file.close()
-            os.replace(self.csv_tmp, self.csv_path)
+        try:
+            self.h5_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.h5_tmp, "wb") as fh:
+                fh.write(image)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise _write_error(self.h5_path, exc) from exc
+        try:
+            if self.csv_tmp is not None:
+                os.replace(self.csv_tmp, self.csv_path)
+            os.replace(self.h5_tmp, self.h5_path)
+        except OSError as exc:
+            raise _write_error(self.h5_path, exc) from exc
 
     def abort(self) -> None:
+        """Close everything and remove the temporaries; never raises."""
         try:
             self.h5.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - an in-memory file; nothing to report
             pass
         if self.csv_file is not None:
-            self.csv_file.close()
+            try:
+                self.csv_file.close()  # may fail to flush its buffer on a full disk: the fd is closed anyway
+            except OSError:
+                pass
         for p in (self.h5_tmp, self.csv_tmp):
             if p is not None:
-                Path(p).unlink(missing_ok=True)
+                try:
+                    Path(p).unlink(missing_ok=True)
+                except OSError:
+                    pass
 
 
 # ----------------------------------------------------------------------------- the run
@@ -278,8 +400,17 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
     Returns
     -------
     dict
-        ``n_frames``, ``counts`` (label -> frames), ``h5``, ``csv`` (paths or None),
-        ``seconds``, ``patterns_per_s``, ``files``.
+        ``n_frames``, ``n_empty`` (frames flagged empty), ``counts`` (label -> frames), ``h5``,
+        ``csv`` (paths or None), ``seconds``, ``patterns_per_s``, ``files``.
+
+    Raises
+    ------
+    ValueError
+        A bad setting (the message names the key and its valid values), frames that cannot be
+        found unambiguously or are smaller than the model's field of view.
+    OSError
+        An input that cannot be read (names the file) or an output that cannot be written (full
+        disk, permission: names the file); no temporary file is left.
     """
     from speckle_embed.classifier import FewShotClassifier
 
@@ -288,6 +419,14 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
         raise ValueError("classifier=<directory of a saved FewShotClassifier> is required")
     if not get("inputs"):
         raise ValueError("inputs=[file, directory or glob, ...] is required")
+    batch_size = get("batch_size", 256)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (frames per forward pass); got {batch_size!r}: "
+                         "give batch_size=256 or another positive integer")
+    chunk = get("chunk_size", 1024)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1 (frames read at a time); got {chunk!r}: "
+                         "give chunk_size=1024 or another positive integer")
     files = resolve_inputs(list(get("inputs")) if not isinstance(get("inputs"), str) else get("inputs"),
                            recursive=bool(get("recursive", False)))
     if get("threads"):
@@ -299,7 +438,7 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
         raise ValueError(f"trust_checkpoint must be true or false; got {trust!r}")
     clf = FewShotClassifier.load(get("classifier"), device=get("device", "auto"), trust_checkpoint=trust)
     emb = clf.embedder
-    emb.batch_size = int(get("batch_size", emb.batch_size))
+    emb.batch_size = batch_size
     emb.precision = get("precision", "float32") or "float32"
     if get("scale") is not None:
         s = get("scale")
@@ -307,21 +446,26 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
     if get("center") is not None:
         c = get("center")
         clf.center = c if isinstance(c, str) else tuple(float(v) for v in c)
-    chunk = int(get("chunk_size", 1024))
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk}")
     extra_mask = _read_external_mask(str(get("mask_file"))) if get("mask_file") else None
 
-    # pass 1: frame counts (cheap, metadata only) for the progress bar
+    # the model's field of view (unknown before embedding with scale="auto")
+    fov = None if isinstance(clf.scale, str) else field_of_view_px(emb.preprocessing, clf.scale)
+
+    # pass 1: frames datasets and counts (cheap, metadata only), every input checked before writing
     plan = []
     for p in files:
         with _open(p) as f:
-            ds = find_frames_dataset(f, get("data_path"))
+            try:
+                ds = find_frames_dataset(f, get("data_path"), min_side=fov)
+            except (OSError, RuntimeError, KeyError) as exc:
+                raise _damaged(p, "the dataset listing", exc) from exc
             plan.append((p, ds.name, int(ds.shape[0])))
     total = sum(n for _, _, n in plan)
 
-    writer = _Writer(Path(get("output_dir", "classify_out")), str(get("output_name", "predictions")),
-                     clf, files, bool(get("write_csv", True)))
+    out_dir, out_name = Path(get("output_dir", "classify_out")), str(get("output_name", "predictions"))
+    for final in (out_dir / f"{out_name}.h5", out_dir / f"{out_name}.csv"):
+        remove_stale_temporaries(final)  # left by a killed run (their pid is gone)
+    writer = _Writer(out_dir, out_name, clf, files, bool(get("write_csv", True)))
     counts: Counter = Counter()
     bar = None
     if get("progress", True):
@@ -333,7 +477,10 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
         for fi, (p, dpath, n) in enumerate(plan):
             with _open(p) as f:
                 ds = f[dpath]
-                mask = _file_mask(f, get("mask_path")) if get("use_file_mask", True) else None
+                try:
+                    mask = _file_mask(f, get("mask_path")) if get("use_file_mask", True) else None
+                except (OSError, RuntimeError) as exc:
+                    raise _damaged(p, "the mask", exc) from exc
                 if extra_mask is not None:
                     if extra_mask.shape != tuple(ds.shape[1:]):
                         raise ValueError(f"mask_file has shape {extra_mask.shape} but {p} has frames of "
@@ -341,9 +488,14 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
                     mask = (extra_mask != 0) if mask is None else ((mask != 0) | (extra_mask != 0))
                 for start in range(0, n, chunk):
                     stop = min(start + chunk, n)
-                    frames = ds[start:stop]
                     try:
-                        res = clf.classify(frames, mask)
+                        frames = ds[start:stop]
+                    except (OSError, RuntimeError) as exc:
+                        raise _damaged(p, f"frames {start}:{stop} of {dpath}", exc) from exc
+                    try:
+                        with warnings.catch_warnings():  # empty frames go to the `empty` column
+                            warnings.simplefilter("ignore", EmptyFrameWarning)
+                            res = clf.classify(frames, mask)
                     except ValueError as exc:
                         raise ValueError(f"{p} frames {start}:{stop}: {exc}") from exc
                     writer.append(fi, p, start, res)
@@ -360,6 +512,7 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
             "checkpoint_hash": str(clf.checkpoint_hash_),
             "data_paths": json.dumps([d for _, d, _ in plan]),
             "n_frames": int(total),
+            "n_empty": int(writer.n_empty),
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
     except BaseException:
@@ -368,7 +521,7 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    return {"n_frames": int(total), "counts": dict(counts), "h5": writer.h5_path,
+    return {"n_frames": int(total), "n_empty": int(writer.n_empty), "counts": dict(counts), "h5": writer.h5_path,
             "csv": writer.csv_path, "seconds": seconds,
             "patterns_per_s": total / seconds if seconds > 0 else float("inf"),
             "files": [str(p) for p in files]}
@@ -423,10 +576,13 @@ def classify_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as exc:
         if os.environ.get("SPECKLE_EMBED_DEBUG"):
             raise
-        print(f"speckle-embed classify: error: {exc}", file=sys.stderr)
+        print("speckle-embed classify: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items(), key=lambda kv: str(kv[0])))
     print(f"classified {summary['n_frames']} frames from {len(summary['files'])} file(s) in "
           f"{summary['seconds']:.1f} s ({summary['patterns_per_s']:.0f} patterns/s)\n"
           f"  {counts}\n  -> {summary['h5']}" + (f"\n  -> {summary['csv']}" if summary["csv"] else ""))
+    if summary["n_empty"]:
+        print(f"  {summary['n_empty']} frame(s) have no photons (or no contrast) in the model's field of "
+              "view: flagged in the `empty` column, their predictions are meaningless")
     return 0

@@ -74,6 +74,7 @@ from speckle_embed.checkpoint import (
     weights_fingerprint,
     write_checkpoint,
 )
+from speckle_embed.frame_checks import check_frame_size, flat_inputs, warn_empty
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
 from speckle_embed.transfer import HostToDevice
@@ -651,7 +652,7 @@ class SpeckleEmbedder:
                 **{k: v for k, v in q.calibration.items() if k != "n"}}
 
     def embed(self, frames, mask=None, *, center=None, scale=None, batch_size: int | None = None,
-              progress: bool = False) -> np.ndarray:
+              progress: bool = False, return_empty: bool = False):
         """Unit-norm embeddings of frames.
 
         Parameters
@@ -671,18 +672,33 @@ class SpeckleEmbedder:
             Default :attr:`batch_size`.
         progress : bool, default False
             Show a tqdm progress bar (patterns/s).
+        return_empty : bool, default False
+            Also return the empty flags (below) instead of warning about them.
 
         Returns
         -------
         ndarray of float32, shape (N, d)
             Rows of unit L2 norm.
+        empty : ndarray of bool, shape (N,)
+            Only with ``return_empty=True``: frames with no photons or no contrast in the
+            model's field of view (all zero, constant): their model input is flat
+            (:func:`speckle_embed.frame_checks.flat_inputs`) and their embedding meaningless.
+
+        Warns
+        -----
+        EmptyFrameWarning
+            (a ``UserWarning``, :mod:`speckle_embed.frame_checks`) Some frames are empty; the
+            message gives how many and their indices (``warning.indices``). Not issued with
+            ``return_empty=True``.
 
         Raises
         ------
         ValueError
-            Wrong number of dimensions, non-numeric dtype, a mask of the wrong shape, a bad
-            ``scale``/``center``, or a frame without any finite unmasked pixel in the model's
-            field of view (the message names its index); ``precision="int8"`` on CUDA.
+            Wrong number of dimensions, non-numeric dtype, frames smaller than the model's field
+            of view (``input_size * scale`` pixels; the message gives both sizes), a mask of the
+            wrong shape, a bad ``scale``/``center``, ``batch_size < 1``, or a frame without any
+            finite unmasked pixel in the model's field of view (the message names its index);
+            ``precision="int8"`` on CUDA.
         RuntimeError
             ``precision="int8"`` before :meth:`calibrate_int8`, or after the weights changed.
         """
@@ -690,13 +706,16 @@ class SpeckleEmbedder:
             raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8'; got {self.precision!r}")
         x = _check_frames(frames)
         n = int(x.shape[0])
-        bs = self.batch_size if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        bs = self.batch_size if batch_size is None else batch_size
+        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise ValueError(f"batch_size must be a positive integer (frames per forward pass); got {bs!r}"
+                             + (" (the embedder's batch_size attribute)" if batch_size is None else ""))
+        bs = int(bs)
         d = self.embedding_size
         out = np.empty((n, d), dtype=np.float32)
+        empty = np.zeros(n, dtype=bool)
         if n == 0:
-            return out
+            return (out, empty) if return_empty else out
         model = self._inference_model()
         dev = self.device
         autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if self.precision == "bfloat16"
@@ -711,6 +730,7 @@ class SpeckleEmbedder:
             self._h2d = HostToDevice(dev)
         pending: list[tuple[int, torch.Tensor]] = []  # CUDA: embeddings kept on the device ...
         pending_rows = 0
+        flat: list[tuple[int, torch.Tensor]] = []  # empty flags, fetched once at the end
 
         def flush():  # ... and fetched in one copy (one host synchronisation per _FLUSH_ROWS)
             nonlocal pending_rows
@@ -725,6 +745,7 @@ class SpeckleEmbedder:
             with torch.inference_mode():
                 for start, stop, inputs in self._batches(x, mask, center, scale, bs):
                     m = inputs.shape[0]
+                    flat.append((start, flat_inputs(inputs)))
                     if self.compile and m < bs:
                         inputs = torch.cat([inputs, inputs.new_zeros((bs - m,) + inputs.shape[1:])])
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -744,6 +765,11 @@ class SpeckleEmbedder:
         finally:
             if bar is not None:
                 bar.close()
+        for start, f in flat:
+            empty[start:start + f.shape[0]] = f.cpu().numpy()
+        if return_empty:
+            return out, empty
+        warn_empty(empty)
         return out
 
     __call__ = embed
@@ -786,6 +812,7 @@ class SpeckleEmbedder:
                 or not np.isfinite(s) or s <= 0:
             raise ValueError(f"scale must be a positive finite number (input pixels per model pixel); got {scale!r}")
         s = float(s)
+        check_frame_size(h, w, prep, s)
 
         dev = self.device
         bad_dev = None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 __all__ = [
     "HIT_CLASSES",
+    "pid_alive",
     "CXI_VERSION",
     "DATA_PATH",
     "MASK_PATH",
@@ -105,3 +106,18 @@ def parse_tmp_name(name: str) -> TmpName | None:
     if m is None:
         return None
     return TmpName(final=m.group("final"), pid=int(m.group("pid")))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (``kill(pid, 0)``)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from speckle_embed import cli
 from speckle_embed.__main__ import main
 from speckle_embed.classifier import FewShotClassifier
 from speckle_embed.cli import find_frames_dataset, resolve_inputs, run_classify
@@ -92,7 +96,8 @@ def test_classify_cli_writes_h5_and_csv(setup, tmp_path, capsys):
     np.testing.assert_allclose(res["probabilities"].sum(1), 1.0, rtol=1e-5)
     assert json.loads(res["attrs"]["class_names"]) == ["ring", "stripe"]
     assert res["attrs"]["n_frames"] == 11 and res["attrs"]["rule"] == "mean_distance"
-    assert rows[0] == ["file", "frame", "prediction", "distance_ring", "distance_stripe", "proba_ring", "proba_stripe"]
+    assert rows[0] == ["file", "frame", "prediction", "distance_ring", "distance_stripe", "proba_ring", "proba_stripe",
+                       "empty"]
     assert len(rows) == 12
     assert rows[1][:3] == [str(a), "0", "ring"] and rows[-1][:3] == [str(b), "3", "stripe"]
     assert not list(out.glob("*.tmp"))
@@ -134,3 +139,235 @@ def test_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "speckle_embed", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0 and "classify" in res.stdout and "train" in res.stdout
+
+
+# ----------------------------------------------------------------------------- issue 12: write errors
+class _FailingFile:
+    """A file object whose ``write`` raises ``OSError(code)`` (a full disk, an I/O error...)."""
+
+    def __init__(self, real, code):
+        self._real, self._code = real, code
+
+    def write(self, data):
+        raise OSError(self._code, os.strerror(self._code))
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._real.close()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EACCES])
+@pytest.mark.parametrize("target", [".csv.", ".h5."])
+def test_write_error_gives_one_line_and_leaves_no_temporary(setup, tmp_path, capsys, monkeypatch, code, target):
+    """Issue 12 item 2: the CSV rows (streamed) or the HDF5 file (written at the end) fail to write."""
+    root = setup[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.tmp").write_text("a user's file")
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        real = open(path, mode, *args, **kwargs)
+        return _FailingFile(real, code) if target in os.fspath(path) and "w" in mode else real
+
+    monkeypatch.setattr(cli, "open", failing_open, raising=False)
+    rc = main(["classify", f"classifier={root / 'clf'}", f"inputs=[{root / 'data'}]", f"output_dir={out}",
+               "progress=false"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert len(err.strip().splitlines()) == 1, err
+    final = out / ("predictions.csv" if target == ".csv." else "predictions.h5")
+    assert f"cannot write {final}: {os.strerror(code)}" in err and "output_dir=" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.tmp"]  # no temporary, no result
+
+
+def test_write_error_keeps_earlier_results(setup, tmp_path, monkeypatch):
+    root = setup[0]
+    out = tmp_path / "out"
+    cfg = {"classifier": str(root / "clf"), "inputs": [str(root / "data")], "output_dir": str(out),
+           "progress": False}
+    run_classify(cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        real = open(path, mode, *args, **kwargs)
+        return _FailingFile(real, errno.ENOSPC) if ".h5." in os.fspath(path) and "w" in mode else real
+
+    monkeypatch.setattr(cli, "open", failing_open, raising=False)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_classify(cfg)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    d = tmp_path / "full"
+    d.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"mount not permitted here: {res.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_full_disk_subprocess_exits_1_without_temporaries(setup, tiny_tmpfs):
+    """Issue 12 item 2 end to end: a real full disk (was: segfault, exit 139, temporaries left)."""
+    root = setup[0]
+    for _ in range(2):  # a retry adds nothing either
+        res = subprocess.run([sys.executable, "-m", "speckle_embed", "classify", f"classifier={root / 'clf'}",
+                              f"inputs=[{root / 'data'}]", f"output_dir={tiny_tmpfs}", "progress=false"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert "No space left on device" in res.stderr and str(tiny_tmpfs) in res.stderr
+        assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(setup, tmp_path):
+    root = setup[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    killed = [out / f"predictions.h5.{dead}-0badc0de.tmp", out / f"predictions.csv.{dead}-0badc0de.tmp"]
+    alive = out / f"predictions.h5.{os.getpid()}-12345678.tmp"  # a running writer's
+    other = [out / "notes.tmp", out / f"other.h5.{dead}-0badc0de.tmp"]
+    for p in killed + [alive] + other:
+        p.write_text("x")
+    run_classify({"classifier": str(root / "clf"), "inputs": [str(root / "data")], "output_dir": str(out),
+                  "progress": False})
+    assert not any(p.exists() for p in killed)
+    assert alive.exists() and all(p.exists() for p in other)
+
+
+# ----------------------------------------------------------------------------- issue 12: discovery
+def _model_frames(n=3):
+    return rings(n, 7)
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ({"/aaa/quats": (12, 4, 4), "/entry_1/data_1/data": "frames"}, "/entry_1/data_1/data"),
+    ({"/aaa/quats": (12, 4, 4), "/aab/other": "frames", "/entry_1/instrument_1/detector_1/data": "frames"},
+     "/entry_1/instrument_1/detector_1/data"),
+    ({"/aaa/quats": (12, 4, 4), "/zz/frames": "frames"}, "/zz/frames"),
+])
+def test_discovery_prefers_cxi_paths_and_skips_small_datasets(tmp_path, layout, expected):
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        for key, what in layout.items():
+            f[key] = _model_frames() if what == "frames" else np.ones(what, np.float32)
+    with h5py.File(path, "r") as f:
+        assert find_frames_dataset(f, min_side=96).name == expected
+
+
+def test_quaternions_are_not_classified_as_frames(setup, tmp_path, capsys):
+    """Issue 12 item 3: the first 3-D dataset is /aaa/quats (12, 4, 4) (was: twelve 4x4 'frames')."""
+    root = setup[0]
+    path = tmp_path / "quats.h5"
+    with h5py.File(path, "w") as f:
+        f["/aaa/quats"] = np.random.default_rng(0).normal(size=(12, 4, 4)).astype(np.float32)
+    args = ["classify", f"classifier={root / 'clf'}", f"inputs=[{path}]", f"output_dir={tmp_path / 'o'}",
+            "progress=false"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "/aaa/quats (12, 4, 4)" in err and "96x96" in err and "data_path=" in err
+    assert main(args + ["data_path=/aaa/quats"]) == 1
+    err = capsys.readouterr().err
+    assert "4x4 pixels, smaller than the model's field of view of 96x96" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_ambiguous_frames_are_refused_with_the_candidates(setup, tmp_path, capsys):
+    root = setup[0]
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f["/aaa/quats"] = np.ones((12, 4, 4), np.float32)
+        f["/det/raw"] = _model_frames()
+        f["/det/corrected"] = _model_frames()
+    args = ["classify", f"classifier={root / 'clf'}", f"inputs=[{path}]", f"output_dir={tmp_path / 'o'}",
+            "progress=false"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "several 3-D datasets" in err and "/det/corrected (3, 128, 128)" in err
+    assert "/det/raw (3, 128, 128)" in err and "data_path=" in err
+    assert main(args + ["data_path=/det/raw"]) == 0
+
+
+def test_small_frames_at_the_cxi_path_are_refused(setup, tmp_path, capsys):
+    root = setup[0]
+    path = tmp_path / "small.cxi"
+    with h5py.File(path, "w") as f:
+        f["/entry_1/data_1/data"] = np.ones((5, 1, 1), np.float32)
+    assert main(["classify", f"classifier={root / 'clf'}", f"inputs=[{path}]", f"output_dir={tmp_path / 'o'}",
+                 "progress=false"]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "1x1 pixels" in err and "96x96" in err
+
+
+# ----------------------------------------------------------------------------- issue 12: empty frames
+def test_empty_frames_are_flagged_in_csv_and_h5(setup, tmp_path, capsys):
+    """Issue 12 item 4: all-zero and constant frames (was: 0.995 'single', no warning)."""
+    root = setup[0]
+    frames = rings(4, 5)
+    frames[1] = 0
+    frames[3] = 7.0
+    path = write_frames(tmp_path / "data" / "e.h5", frames)
+    out = tmp_path / "out"
+    assert main(["classify", f"classifier={root / 'clf'}", f"inputs=[{path}]", f"output_dir={out}",
+                 "progress=false", "chunk_size=3"]) == 0
+    captured = capsys.readouterr()
+    assert "2 frame(s) have no photons" in captured.out and "EmptyFrameWarning" not in captured.err
+    res, rows = read_outputs(out)
+    assert res["empty"].dtype == bool and res["empty"].tolist() == [False, True, False, True]
+    assert res["attrs"]["n_empty"] == 2
+    assert rows[0][-1] == "empty" and [r[-1] for r in rows[1:]] == ["0", "1", "0", "1"]
+
+
+# ----------------------------------------------------------------------------- issue 12 item 13
+@pytest.mark.parametrize("value", ["0", "-3", "abc"])
+def test_bad_batch_size_names_the_key_and_range(setup, tmp_path, capsys, value):
+    root = setup[0]
+    assert main(["classify", f"classifier={root / 'clf'}", f"inputs=[{root / 'data'}]",
+                 f"output_dir={tmp_path}", "progress=false", f"batch_size={value}"]) == 1
+    err = capsys.readouterr().err
+    assert f"batch_size must be an integer >= 1 (frames per forward pass); got {value if value != 'abc' else repr(value)}" in err
+    assert "got None" not in err
+
+
+def test_embedder_batch_size_attribute_error_names_the_value(setup):
+    emb = FewShotClassifier.load(setup[0] / "clf").embedder
+    emb.batch_size = 0
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer .*got 0 \(the embedder's"):
+        emb.embed(rings(1, 0))
+
+
+def test_damaged_input_names_the_file(setup, tmp_path, capsys):
+    """Issue 12 item 13: bytes flipped inside a compressed chunk of the frames."""
+    root = setup[0]
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry_1/data_1/data", data=rings(3, 9), chunks=(1, 128, 128), compression="gzip")
+    with h5py.File(path, "r") as f:
+        info = f["/entry_1/data_1/data"].id.get_chunk_info(1)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        chunk = bytearray(fh.read(16))
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(b ^ 0xFF for b in chunk))
+    out = tmp_path / "o"
+    assert main(["classify", f"classifier={root / 'clf'}", f"inputs=[{path}]", f"output_dir={out}",
+                 "progress=false", "chunk_size=1"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"cannot read frames 1:2 of /entry_1/data_1/data of {path}: the file is damaged" in err
+    assert "copy it again" in err
+    assert not out.exists() or not list(out.iterdir())

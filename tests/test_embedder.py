@@ -61,7 +61,7 @@ def test_batch_size_invariance(emb, frames):
 
 
 # ----------------------------------------------------------------------------- fast path == reference
-@pytest.mark.parametrize("scale", [None, 1.5, 0.75, 2.0])
+@pytest.mark.parametrize("scale", [None, 1.5, 0.75, 1.75])
 @pytest.mark.parametrize("center", [None, (80.3, 91.6)])
 def test_crop_first_matches_plain_preprocess(emb, frames, scale, center):
     mask = np.zeros((172, 172), np.uint16)
@@ -238,7 +238,13 @@ def test_auto_scale_of_zoomed_speckles_is_about_two(blobs):
     assert emb.reference_speckle_px == pytest.approx(ref_size)
     s = emb.estimate_scale(zoomed)
     assert 1.7 < s < 2.3
-    np.testing.assert_allclose(emb.embed(zoomed, scale="auto"), emb.embed(zoomed, scale=s), atol=1e-6)
+    # 128-pixel crops zoomed by 2 do not cover the model's field of view (96 * ~2 pixels): refused
+    with pytest.raises(ValueError, match="frames of 128x128 pixels are smaller than the model's field of view"):
+        emb.embed(zoomed, scale="auto")
+    wide = _speckles(512, blobs[:4], crop=256, seed=1)
+    s = emb.estimate_scale(wide)
+    assert 1.7 < s < 2.3
+    np.testing.assert_allclose(emb.embed(wide, scale="auto"), emb.embed(wide, scale=s), atol=1e-6)
 
 
 def test_estimate_center_friedel(blobs):
