@@ -62,12 +62,14 @@ def test_batchnorm_statistics_are_those_of_the_unlabelled_frames_and_original_un
     assert new.checkpoint_hash is None and not new.model.training
 
 
-def test_finetune_respects_budget_and_lowers_the_loss():
+def test_finetune_respects_budget_and_changes_a_copy():
     emb = SpeckleEmbedder.random_init(device="cpu")
     rng = np.random.default_rng(0)
     X = np.concatenate([_frames(rng, 3, 0.5), _frames(rng, 3, 5.0)])
-    tuned, log = finetune_on_supports(emb, X, [0, 0, 0, 1, 1, 1], budget_s=3.0, max_steps=8, lr=1e-3)
-    assert 1 <= log["steps"] <= 8 and log["seconds"] < 3.0 + 3.0
+    tuned, log = finetune_on_supports(emb, X, [0, 0, 0, 1, 1, 1], budget_s=600.0, max_steps=3, lr=1e-3)
+    assert log["steps"] == 3
+    _, short = finetune_on_supports(emb, X, [0, 0, 0, 1, 1, 1], budget_s=1e-3, max_steps=50)
+    assert short["steps"] == 1  # the budget stops it after the first step
     assert tuned.model is not emb.model
     changed = any(not torch.equal(a, b) for a, b in zip(tuned.model.state_dict().values(),
                                                        emb.model.state_dict().values()))
