@@ -34,12 +34,19 @@ import h5py
 import numpy as np
 import torch
 
-from speckle_embed.adaptation import finetune_on_supports, prototype_distances, reestimate_batchnorm, refine_prototypes
+from speckle_embed.adaptation import (
+    finetune_on_supports,
+    prototype_distances,
+    reestimate_batchnorm,
+    refine_prototypes,
+)
 from speckle_embed.evaluation import evaluate_episodes, sample_episodes
 from speckle_embed.evaluation.app import load_embedder
 from speckle_embed.evaluation.baselines import baseline_features, evaluate_baselines
 from speckle_embed.evaluation.episodes import evaluate_predictions
 from speckle_embed.evaluation.labelled import load_labelled_sets
+from speckle_embed.fewshot_rules import get_rule
+from speckle_embed.index import SupportIndex
 
 SINGLE, NOT_SINGLE = 1, 0
 
@@ -141,8 +148,6 @@ def main(argv=None) -> int:
             tuned, log = finetune_on_supports(emb, frames_all[ep.support_idx], ep.support_labels, m,
                                               budget_s=a.finetune_budget, seed=a.seed)
             logs.append(log)
-            from speckle_embed.index import SupportIndex
-            from speckle_embed.fewshot_rules import get_rule
             zs, zq = tuned.embed(frames_all[ep.support_idx], m), tuned.embed(frames_all[ep.query_idx], m)
             index = SupportIndex(zs.shape[1], use_gpu=False)
             index.add(zs, ep.support_labels)

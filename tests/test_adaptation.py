@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from speckle_embed import FewShotClassifier, SpeckleEmbedder
-from speckle_embed.adaptation import (finetune_on_supports, parse_adapt, prototype_distances, reestimate_batchnorm,
-                                      refine_prototypes)
+from speckle_embed.adaptation import (
+    finetune_on_supports,
+    parse_adapt,
+    prototype_distances,
+    reestimate_batchnorm,
+    refine_prototypes,
+)
 from speckle_embed.adaptation.inputs import model_inputs
 
 

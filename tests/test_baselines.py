@@ -2,8 +2,12 @@
 import numpy as np
 import pytest
 
-from speckle_embed.baselines import (PhotonCountClassifier, RadialProfileClassifier, photon_count_features,
-                                     radial_profile_features)
+from speckle_embed.baselines import (
+    PhotonCountClassifier,
+    RadialProfileClassifier,
+    photon_count_features,
+    radial_profile_features,
+)
 
 
 def _radial_frame(fn, h=64, w=64, center=None):

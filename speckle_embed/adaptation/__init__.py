@@ -7,8 +7,15 @@ Options (``FewShotClassifier(adapt=...)``, details in :mod:`speckle_embed.adapta
 from speckle_embed.adaptation.batchnorm import reestimate_batchnorm
 from speckle_embed.adaptation.finetune import finetune_on_supports
 from speckle_embed.adaptation.prototypes import prototype_distances, refine_prototypes
-from speckle_embed.adaptation.state import (ADAPTATIONS, AdaptationState, adapt_embedder, adapt_prototypes,
-                                            load_adaptation, parse_adapt, save_adaptation)
+from speckle_embed.adaptation.state import (
+                                            ADAPTATIONS,
+                                            AdaptationState,
+                                            adapt_embedder,
+                                            adapt_prototypes,
+                                            load_adaptation,
+                                            parse_adapt,
+                                            save_adaptation,
+)
 
 __all__ = ["ADAPTATIONS", "AdaptationState", "adapt_embedder", "adapt_prototypes", "parse_adapt",
            "save_adaptation", "load_adaptation", "reestimate_batchnorm", "finetune_on_supports",

@@ -12,7 +12,9 @@ __all__ = ["model_inputs", "new_embedder", "resolve_geometry"]
 def resolve_geometry(embedder, frames, mask, center, scale):
     """``center``/``scale`` with ``"auto"`` resolved once on ``frames`` (as ``embed`` does)."""
     if isinstance(center, str) and center == "auto":
-        from speckle_embed.scale import estimate_center  # numpy/scipy work only needed for "auto"
+        from speckle_embed.scale import (
+            estimate_center,  # numpy/scipy work only needed for "auto"
+        )
 
         center = estimate_center(np.asarray(frames)[:64], None if mask is None else np.asarray(mask))
     if isinstance(scale, str) and scale == "auto":

@@ -10,8 +10,14 @@ supports, then the nearest class mean (:class:`sklearn.neighbors.NearestCentroid
 :data:`BASELINES` maps the names used in reports to the classes.
 """
 from speckle_embed.baselines.nearest_mean import NearestMeanBaseline
-from speckle_embed.baselines.photon_count import PhotonCountClassifier, photon_count_features
-from speckle_embed.baselines.radial_profile import RadialProfileClassifier, radial_profile_features
+from speckle_embed.baselines.photon_count import (
+           PhotonCountClassifier,
+           photon_count_features,
+)
+from speckle_embed.baselines.radial_profile import (
+           RadialProfileClassifier,
+           radial_profile_features,
+)
 
 __all__ = ["NearestMeanBaseline", "RadialProfileClassifier", "PhotonCountClassifier",
            "radial_profile_features", "photon_count_features", "BASELINES"]

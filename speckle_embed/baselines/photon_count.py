@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from speckle_embed.baselines.nearest_mean import NearestMeanBaseline, beam_center, check_frames, valid_pixels
+from speckle_embed.baselines.nearest_mean import (
+    NearestMeanBaseline,
+    beam_center,
+    check_frames,
+    valid_pixels,
+)
 
 __all__ = ["photon_count_features", "PhotonCountClassifier"]
 

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from speckle_embed.baselines.nearest_mean import NearestMeanBaseline, beam_center, check_frames, valid_pixels
+from speckle_embed.baselines.nearest_mean import (
+    NearestMeanBaseline,
+    beam_center,
+    check_frames,
+    valid_pixels,
+)
 
 __all__ = ["radial_profile_features", "RadialProfileClassifier"]
 
