@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, load_adaptation, parse_adapt, save_adaptation
 from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
 from speckle_embed.embedder import SpeckleEmbedder
@@ -58,7 +59,8 @@ __all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "Class
 #: ``format`` of ``classifier.json``.
 CLASSIFIER_FORMAT = "speckle_embed-classifier-1"
 _JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
-_OWN_FILES = (_JSON, _INDEX, _EMBEDDER)  # everything else in a classifier folder belongs to the user
+_ADAPTATION = "adaptation.npz"  # only when fit(..., unlabelled=) adapted the classifier
+_OWN_FILES = (_JSON, _INDEX, _EMBEDDER, _ADAPTATION)  # everything else in a classifier folder is the user's
 _DEFAULT_TEMPERATURE = {"mean_distance": 0.1, "prototype": 0.1, "knn": 1.0}
 
 
@@ -164,6 +166,17 @@ class FewShotClassifier:
         float or ``"auto"``; ``center`` ``(row, col)`` or ``"auto"``).
     use_gpu : {"auto", True, False}, default "auto"
         Where the :class:`SupportIndex` searches.
+    adapt : None, {"prototypes", "batchnorm", "finetune"} or list of them, default None
+        Classification-time adaptation done by :meth:`fit` (:mod:`speckle_embed.adaptation`):
+        ``"batchnorm"`` re-estimates the network's BatchNorm statistics on ``fit(...,
+        unlabelled=frames)``; ``"finetune"`` fine-tunes a copy of the embedding on the
+        augmented supports (<= 60 s by default); ``"prototypes"`` refines the class
+        prototypes by soft k-means over the unlabelled frames and classifies by the distance
+        to them (instead of ``rule``). Off by default: on the held-out PR772-like set none
+        beat the frozen embedding (README, "Adaptation at classification time").
+    adapt_options : dict, optional
+        Per-option overrides, e.g. ``{"finetune": {"budget_s": 30}}`` (defaults in
+        :data:`speckle_embed.adaptation.ADAPTATIONS`).
 
     Attributes
     ----------
@@ -176,6 +189,8 @@ class FewShotClassifier:
     threshold_ : float or None
         Rejection threshold (``None`` without ``reject_quantile``).
     embedding_size_ : int
+    adaptation_ : AdaptationState or None
+        What ``adapt`` changed (adapted embedder copy, refined prototypes, timings).
 
     Examples
     --------
@@ -194,7 +209,7 @@ class FewShotClassifier:
     def __init__(self, embedder: SpeckleEmbedder, rule: Any = "mean_distance", k: int = 5,
                  temperature: float | None = None, reject_quantile: float | None = None, *,
                  unknown_label: str | int | None = None, scale: Any = None, center: Any = None,
-                 use_gpu: bool | str = "auto"):
+                 use_gpu: bool | str = "auto", adapt: Any = None, adapt_options: dict | None = None):
         self.embedder = embedder
         self.rule = rule
         self.k = k
@@ -204,9 +219,12 @@ class FewShotClassifier:
         self.scale = scale
         self.center = center
         self.use_gpu = use_gpu
+        self.adapt = adapt
+        self.adapt_options = adapt_options
 
     # ------------------------------------------------------------------ sklearn plumbing
-    _PARAMS = ("rule", "k", "temperature", "reject_quantile", "unknown_label", "scale", "center", "use_gpu")
+    _PARAMS = ("rule", "k", "temperature", "reject_quantile", "unknown_label", "scale", "center", "use_gpu",
+               "adapt", "adapt_options")
 
     def get_params(self, deep: bool = True) -> dict:
         """Constructor parameters (``embedder`` included), as scikit-learn's ``get_params``."""
@@ -251,12 +269,16 @@ class FewShotClassifier:
             raise ValueError(f"reject_quantile must be in (0, 1] or None; got {q!r}")
         if not isinstance(self.embedder, SpeckleEmbedder):
             raise TypeError(f"embedder must be a SpeckleEmbedder; got {type(self.embedder).__name__}")
+        parse_adapt(self.adapt)
 
     # ------------------------------------------------------------------ fitting
     def _embed(self, frames, mask) -> np.ndarray:
-        return self.embedder.embed(frames, mask, scale=self.scale, center=self.center)
+        state = getattr(self, "adaptation_", None)
+        emb = self.embedder if state is None or state.embedder is None else state.embedder
+        return emb.embed(frames, mask, scale=self.scale, center=self.center)
 
-    def fit(self, X, y, *, mask=None, classes=None) -> "FewShotClassifier":
+    def fit(self, X, y, *, mask=None, classes=None, unlabelled=None,
+            unlabelled_mask=None) -> "FewShotClassifier":
         """Replace the support set by ``X`` with labels ``y``.
 
         Parameters
@@ -280,7 +302,12 @@ class FewShotClassifier:
         ValueError
             Empty support set, labels of the wrong length or type, a class of ``classes`` with
             no supports, a label not in ``classes``, frames with bad dimensions or NaN-only frames
-            (the embedder names the frame).
+            (the embedder names the frame); an ``adapt`` option that needs ``unlabelled``
+            without it.
+        unlabelled : array_like, shape (M, H, W), optional
+            The run's unlabelled frames (queries may be among them), for ``adapt``.
+        unlabelled_mask : array_like, optional
+            Their bad pixels (default ``mask``).
         """
         self._check_params()
         labels = _as_label_list(y)
@@ -314,10 +341,20 @@ class FewShotClassifier:
         self._check_unknown_label(names, kind)
         lookup = {c: i for i, c in enumerate(names)}
         codes = np.array([lookup[v] for v in labels], dtype=np.int64)
+        options = parse_adapt(self.adapt)
+        umask = mask if unlabelled_mask is None else unlabelled_mask
+        self.adaptation_ = None
+        if options:  # the embedding-changing options come first: supports are embedded with the result
+            self.adaptation_ = adapt_embedder(self.embedder, options, X, codes, mask, unlabelled, umask,
+                                              center=self.center, scale=self.scale,
+                                              adapt_options=self.adapt_options)
         Z = self._embed(X, mask)
         index = SupportIndex(Z.shape[1], metric="l2", use_gpu=self.use_gpu)
         index.add(Z, codes)
         self._set_state(index, _labels_array(names, kind), kind)
+        if options:
+            adapt_prototypes(self.adaptation_, Z, codes, None if unlabelled is None else self._embed(unlabelled, umask),
+                             len(names), adapt_options=self.adapt_options)
         return self
 
     def register(self, label, frames, mask=None) -> "FewShotClassifier":
@@ -334,6 +371,9 @@ class FewShotClassifier:
         self
         """
         self._check_params()
+        if getattr(self, "adaptation_", None) is not None:
+            raise ValueError("this classifier was adapted (adapt=...) to its supports and unlabelled frames; "
+                             "to add supports refit with fit(X, y, unlabelled=frames)")
         label = label.decode() if isinstance(label, bytes) else label
         if isinstance(label, np.generic):
             label = label.item()
@@ -411,6 +451,9 @@ class FewShotClassifier:
         return _DEFAULT_TEMPERATURE.get(self.rule, 1.0) if isinstance(self.rule, str) else 1.0
 
     def _scores(self, Z: np.ndarray) -> np.ndarray:
+        state = getattr(self, "adaptation_", None)
+        if state is not None and state.prototypes is not None:
+            return state.distances(Z)
         fn = get_rule(self.rule)
         kw: dict[str, Any] = {"n_classes": len(self.classes_)}
         if fn is knn:
@@ -592,6 +635,9 @@ class FewShotClassifier:
                              "preprocessing": prep, "reference_speckle_px": emb.reference_speckle_px},
                 "files": {_INDEX: sha256_file(tmp / _INDEX), _EMBEDDER: sha256_file(tmp / _EMBEDDER)},
             }
+            if getattr(self, "adaptation_", None) is not None:
+                meta["adaptation"] = save_adaptation(self.adaptation_, tmp / _ADAPTATION)
+                meta["files"][_ADAPTATION] = sha256_file(tmp / _ADAPTATION)
             with open(tmp / _JSON, "w") as f:
                 json.dump(meta, f, indent=2)
                 f.write("\n")
@@ -717,6 +763,14 @@ class FewShotClassifier:
         clf.embedding_size_ = int(index.dim)
         clf.checkpoint_hash_ = saved_hash
         clf.threshold_ = None if threshold is None else float(threshold)
+        clf.adaptation_ = None
+        if meta.get("adaptation") is not None:
+            apath = check(_ADAPTATION)
+            try:
+                clf.adaptation_ = load_adaptation(apath, meta["adaptation"], embedder)
+                clf.adapt = list(clf.adaptation_.options)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise ClassifierFileError(f"{apath} cannot be read as the classifier's adaptation: {exc}") from exc
         return clf
 
 

@@ -32,8 +32,8 @@ The CSV has one row per frame:
 ``file, frame, prediction, distance_<class>..., proba_<class>..., empty`` (``empty`` 0 or 1).
 
 Frames datasets (``data_path=null``): the CXI paths (``/entry_1/data_1/data``, then
-``/entry_1/instrument_1/detector_1/data``); else the one 3-D numeric dataset whose frames cover
-the model's field of view. Several such datasets, or only smaller ones, are refused with a message
+``/entry_1/instrument_1/detector_1/data``); else the one 3-D numeric dataset whose frames are
+at least half the model's field of view. Several such datasets, or only smaller ones, are refused with a message
 that lists them and names ``data_path=``.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ import numpy as np
 
 from speckle_embed.atomic import remove_stale_temporaries, tmp_sibling
 from speckle_embed.data.h5dataset import DEFAULT_DATA_PATH, MASK_PATHS
-from speckle_embed.frame_checks import EmptyFrameWarning, check_frame_size, field_of_view_px
+from speckle_embed.frame_checks import EmptyFrameWarning, check_frame_size, min_frame_side_px
 
 __all__ = ["CONFIG_DIR", "CXI_DATA_PATHS", "classify_main", "run_classify", "resolve_inputs",
            "find_frames_dataset"]
@@ -141,8 +141,9 @@ def find_frames_dataset(f: h5py.File, data_path: str | None = None, *,
         numeric dataset; else the only 3-D numeric dataset of the file whose frames are at
         least ``min_side`` pixels across.
     min_side : int, optional
-        The model's field of view (pixels, :func:`speckle_embed.frame_checks.field_of_view_px`):
-        smaller frames are refused, and are not candidates for discovery.
+        The smallest frame side the model takes (pixels,
+        :func:`speckle_embed.frame_checks.min_frame_side_px`: half its field of view): smaller
+        frames are refused, and are not candidates for discovery.
 
     Raises
     ------
@@ -155,8 +156,8 @@ def find_frames_dataset(f: h5py.File, data_path: str | None = None, *,
     def size_ok(obj, where: str) -> h5py.Dataset:
         if min_side is not None and (obj.shape[1] < min_side or obj.shape[2] < min_side):
             raise ValueError(f"{name}: {where} {obj.name!r} holds frames of {obj.shape[1]}x{obj.shape[2]} "
-                             f"pixels, smaller than the model's field of view of {min_side}x{min_side} "
-                             "pixels: these are not detector frames for this model; give "
+                             f"pixels, smaller than the smallest frame the model takes ({min_side}x{min_side} pixels, half "
+                             "its field of view): these are not detector frames for this model; give "
                              "data_path=<HDF5 path of the (n, H, W) frames>")
         return obj
 
@@ -196,7 +197,7 @@ def find_frames_dataset(f: h5py.File, data_path: str | None = None, *,
                          "data_path=<path>")
     if small:
         raise ValueError(f"{name} has no frames at a CXI path ({', '.join(CXI_DATA_PATHS)}); its 3-D "
-                         f"datasets {listing(small)} are smaller than the model's field of view of "
+                         f"datasets {listing(small)} are smaller than the smallest frame the model takes, "
                          f"{min_side}x{min_side} pixels, so none holds detector frames; give "
                          "data_path=<HDF5 path of the (n, H, W) frames>")
     shown = ", ".join(seen[:10]) or "none"
@@ -448,8 +449,8 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
         clf.center = c if isinstance(c, str) else tuple(float(v) for v in c)
     extra_mask = _read_external_mask(str(get("mask_file"))) if get("mask_file") else None
 
-    # the model's field of view (unknown before embedding with scale="auto")
-    fov = None if isinstance(clf.scale, str) else field_of_view_px(emb.preprocessing, clf.scale)
+    # the smallest frame the model takes (unknown before embedding with scale="auto")
+    fov = None if isinstance(clf.scale, str) else min_frame_side_px(emb.preprocessing, clf.scale)
 
     # pass 1: frames datasets and counts (cheap, metadata only), every input checked before writing
     plan = []

@@ -279,10 +279,10 @@ def test_quaternions_are_not_classified_as_frames(setup, tmp_path, capsys):
             "progress=false"]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert str(path) in err and "/aaa/quats (12, 4, 4)" in err and "96x96" in err and "data_path=" in err
+    assert str(path) in err and "/aaa/quats (12, 4, 4)" in err and "48x48" in err and "data_path=" in err
     assert main(args + ["data_path=/aaa/quats"]) == 1
     err = capsys.readouterr().err
-    assert "4x4 pixels, smaller than the model's field of view of 96x96" in err
+    assert "4x4 pixels, smaller than the smallest frame the model takes (48x48 pixels" in err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
@@ -310,7 +310,7 @@ def test_small_frames_at_the_cxi_path_are_refused(setup, tmp_path, capsys):
     assert main(["classify", f"classifier={root / 'clf'}", f"inputs=[{path}]", f"output_dir={tmp_path / 'o'}",
                  "progress=false"]) == 1
     err = capsys.readouterr().err
-    assert str(path) in err and "1x1 pixels" in err and "96x96" in err
+    assert str(path) in err and "1x1 pixels" in err and "48x48" in err
 
 
 # ----------------------------------------------------------------------------- issue 12: empty frames

@@ -40,6 +40,9 @@ def test_demo_writes_every_output(demo_run):
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["structure"] == "proc-globular-s20260000" and saved["k_shot"] == 3
     assert 0.0 <= saved["accuracy"] <= 1.0 and 0.0 <= saved["f1_single"] <= 1.0
+    base = saved["baselines"]  # the classical baselines on the same supports and queries
+    assert set(base) == {"radial profile (no learning)", "photon count (no learning)"}
+    assert all(v["n_queries"] == saved["n_queries"] and 0.0 <= v["accuracy"] <= 1.0 for v in base.values())
     rows = (run_dir / "predictions.csv").read_text().splitlines()
     assert rows[0] == "frame,true,predicted" and len(rows) - 1 == saved["n_queries"] == 24 - 6
     assert (run_dir / "demo.png").stat().st_size > 10_000

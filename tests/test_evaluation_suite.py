@@ -132,6 +132,10 @@ def test_kshot_protocol_separable_features_score_one(clean_dir):
         assert res["by_k"][k]["accuracy_mean"] == pytest.approx(1.0)
         assert res["by_k"][k]["f1_mean"] == pytest.approx(1.0)
         assert np.trace(np.asarray(res["by_k"][k]["confusion"])) == res["by_k"][k]["n_queries"]
+        base = res["by_k"][k]["baselines"]  # scored on the same episodes
+        assert set(base) == {"radial profile (no learning)", "photon count (no learning)"}
+        assert all(b["n_queries"] == res["by_k"][k]["n_queries"] and 0 <= b["accuracy_mean"] <= 1
+                   for b in base.values())
     rows = size_table(sets, res, k=5)
     assert [r["name"] for r in rows] == ["AAAA", "BBBB"]
 
@@ -225,13 +229,15 @@ def test_online_protocol_rows_and_selections(online_file):
     s = load_labelled_sets(online_file)[0]
     res = online_protocol(FeatureEmbedder(), s, heads={"tiny": TINY_HEAD}, detector_fractions=(1.0, 0.25),
                           n_train=10, n_val=5, k_shot=3, n_query=8, n_tasks=4, progress=False)
+    rp, pc = "radial profile (no learning)", "photon count (no learning)"
     assert [(r["detector"], r["method"]) for r in res["rows"]] == [
-        ("100%", "SpeckleNN (few-shot)"), ("100%", "tiny"), ("25%", "SpeckleNN (few-shot)"), ("25%", "tiny")]
+        ("100%", "SpeckleNN (few-shot)"), ("100%", rp), ("100%", pc), ("100%", "tiny"),
+        ("25%", "SpeckleNN (few-shot)"), ("25%", rp), ("25%", pc), ("25%", "tiny")]
     for r in res["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n_queries"] == 4 * 3 * 8
         assert np.asarray(r["confusion"]).sum() == r["n_queries"]
     sel = res["selections"]["100%"]
-    assert set(sel) == {"SpeckleNN (few-shot)", "tiny", "truth"}
+    assert set(sel) == {"SpeckleNN (few-shot)", rp, pc, "tiny", "truth"}
     assert sel["truth"].sum() == 40 - 15
 
 
@@ -252,7 +258,8 @@ def test_online_protocol_finetunes_from_a_checkpoint(online_file, tmp_path, one_
                           n_tasks=2, progress=False, run_dir=tmp_path,
                           finetune={"enabled": True, "epochs": 1, "steps_per_epoch": 2, "sampler": {"p": 3, "k": 4},
                                     "model": {"name": "specklenn"}})
-    assert [r["method"] for r in res["rows"]] == ["SpeckleNN (few-shot)", "SpeckleNN (fine-tuned)"]
+    assert [r["method"] for r in res["rows"]] == ["SpeckleNN (few-shot)", "SpeckleNN (fine-tuned)",
+                                                  "radial profile (no learning)", "photon count (no learning)"]
     run = tmp_path / "finetune_100"
     assert (run / "best.pt").is_file() and (run / "labelled_pool.h5").is_file()
     with h5py.File(run / "labelled_pool.h5") as f:
@@ -290,13 +297,15 @@ def test_evaluate_command_writes_a_stamped_report(clean_dir, online_file, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (out / "report.md").read_text()
     for needle in ("checkpoint_hash", "seed", "git", "2-way K-shot", "Fluence scan", "Online protocol",
-                   "IoU of selections", "PSD contrast"):
+                   "IoU of selections", "PSD contrast", "radial profile (no learning): accuracy (mean)",
+                   "| 100% | photon count (no learning) |"):
         assert needle in md, needle
     for png in ("offline_kshot.png", "offline_fluence.png", "offline_confusion.png", "offline_tsne.png",
                 "offline_size.png", "online_run_accuracy.png", "online_run_psd_25.png"):
         assert (out / png).stat().st_size > 1000, png
     data = json.loads((out / "report.json").read_text())
     assert set(data["offline"]["by_k"]) == {"1", "5"}
+    assert "radial profile (no learning)" in data["offline"]["by_k"]["5"]["baselines"]
     assert len(data["offline"]["fluence_scan"]["levels"]) == 2
     assert data["online"]["run"]["rows"][0]["detector"] == "100%"
     assert data["stamp"]["seed"] == 0 and "config_yaml" in data["stamp"]

@@ -33,12 +33,12 @@ def speckles(n, seed=0, rate=5.0):
 
 
 # ----------------------------------------------------------------------------- too small
-@pytest.mark.parametrize("shape", [(3, 1, 1), (3, 4, 4), (2, 95, 128), (2, 128, 40)])
-def test_frames_smaller_than_the_field_of_view_are_refused(emb, clf, shape):
+@pytest.mark.parametrize("shape", [(3, 1, 1), (3, 4, 4), (2, 47, 128), (2, 128, 40)])
+def test_frames_smaller_than_half_the_field_of_view_are_refused(emb, clf, shape):
     frames = np.ones(shape, np.float32)
     h, w = shape[1:]
-    with pytest.raises(ValueError, match=rf"frames of {h}x{w} pixels are smaller than the model's field of "
-                                         r"view of 96x96 pixels"):
+    with pytest.raises(ValueError, match=rf"frames of {h}x{w} pixels are smaller than half the model's field "
+                                         r"of view of 96x96 pixels .*at least 48x48"):
         emb.embed(frames)
     with pytest.raises(ValueError, match=rf"{h}x{w}.*96x96"):
         clf.predict(frames)
@@ -51,9 +51,12 @@ def test_field_of_view_follows_the_scale(emb):
     assert field_of_view_px(prep) == 96 and field_of_view_px(prep, 2.0) == 192
     assert field_of_view_px(prep, 128 / 96) == 128
     check_frame_size(128, 128, prep, 128 / 96)  # exactly the window: fine
-    with pytest.raises(ValueError, match="172x172 pixels are smaller .* 192x192 .* scale 2"):
-        emb.embed(np.ones((1, 172, 172)), scale=2.0)
-    emb.embed(np.random.default_rng(1).poisson(5.0, (1, 192, 192)), scale=2.0)
+    check_frame_size(64, 64, prep, 128 / 96)    # half the window: fine, the rest counts as masked
+    with pytest.raises(ValueError, match="90x90 pixels are smaller .* 192x192 .* scale 2"):
+        emb.embed(np.ones((1, 90, 90)), scale=2.0)
+    # a frame smaller than the window (large speckles zoomed by scale=2): embedded, window overhang masked
+    z = emb.embed(np.random.default_rng(1).poisson(5.0, (1, 128, 128)), scale=2.0)
+    assert np.isfinite(z).all() and np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- empty frames

@@ -8,7 +8,9 @@
    procedural particles (``pretrain.mode=short``; minutes, and much less accurate).
 3. **Register** 5 labelled frames per class (``FewShotClassifier.fit``), save the classifier.
 4. **Classify** every other frame; print accuracy and F1 (single hit positive) and save a figure:
-   the supports, queries with their predicted labels, and the embedding map.
+   the supports, queries with their predicted labels, and the embedding map. The classical
+   baselines (:mod:`speckle_embed.baselines`: radial profile, photon count; no learning) are
+   fitted on the same supports and scored on the same queries, printed and shown beside it.
 
 Everything lands in the run folder: ``data/`` (CXI shards), ``classifier/``, ``predictions.csv``,
 ``results.json``, ``demo.png``. A rerun in the same folder reuses complete shards (an interrupted
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from speckle_embed.baselines import BASELINES
 
 __all__ = ["run_demo", "DemoError"]
 
@@ -255,13 +259,20 @@ def run_demo(cfg: Mapping[str, Any]) -> dict:
         metrics = _metrics(pred, labels[query_idx])
         _say(f"[4/4] classified {len(query_idx)} queries in {seconds:.1f} s: accuracy {metrics['accuracy']:.3f}, "
              f"F1 (single positive) {metrics['f1_single']:.3f}")
+        base = {}
+        for name, cls in BASELINES.items():
+            bpred = cls().fit(frames[support_idx], labels[support_idx], mask=mask).predict(frames[query_idx], mask=mask)
+            base[name] = _metrics(np.asarray(bpred).astype(str), labels[query_idx])
+            _say(f"      baseline {name}: accuracy {base[name]['accuracy']:.3f}, "
+                 f"F1 (single positive) {base[name]['f1_single']:.3f}")
         lines = ["frame,true,predicted"] + [f"{i},{labels[i]},{p}" for i, p in zip(query_idx, pred)]
         write_bytes_atomically(("\n".join(lines) + "\n").encode(), run_dir / "predictions.csv")
         z_sup = clf.transform(frames[support_idx], mask=mask)
         z_qry = clf.transform(frames[query_idx], mask=mask)
         fig = _figure(run_dir / "demo.png", frames, mask, support_idx, query_idx, labels, pred, z_sup, z_qry,
                       f"{specs[0].name}: {k}-shot, accuracy {metrics['accuracy']:.3f}, "
-                      f"F1 {metrics['f1_single']:.3f} ({emb.checkpoint_hash})")
+                      f"F1 {metrics['f1_single']:.3f} ({emb.checkpoint_hash}); same supports and queries, "
+                      + ", ".join(f"{n}: accuracy {v['accuracy']:.3f}" for n, v in base.items()))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DemoError(f"the disk is full while writing in {run_dir}: free space and rerun the same "
@@ -271,7 +282,7 @@ def run_demo(cfg: Mapping[str, Any]) -> dict:
         raise
     out = {"structure": specs[0].name, "source": specs[0].source, "k_shot": k,
            "embedding": emb.checkpoint_hash, "pretrain_mode": cfg["pretrain"]["mode"], "seed": seed,
-           **metrics, "classify_seconds": seconds, "total_seconds": time.perf_counter() - t0,
+           **metrics, "baselines": base, "classify_seconds": seconds, "total_seconds": time.perf_counter() - t0,
            "figure": str(fig), "classifier": str(clf_dir), "data": str(shard)}
     write_bytes_atomically(json.dumps(out, indent=2).encode(), run_dir / "results.json")
     _say(f"figure: {fig}\nresults: {run_dir / 'results.json'} (total {out['total_seconds']:.0f} s)")

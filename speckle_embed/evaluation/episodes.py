@@ -22,7 +22,7 @@ Examples
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from speckle_embed.formats import HIT_CLASSES
 
-__all__ = ["Episode", "sample_episodes", "evaluate_episodes", "HIT_CLASSES", "POSITIVE_CLASS"]
+__all__ = ["Episode", "sample_episodes", "evaluate_episodes", "evaluate_predictions", "HIT_CLASSES", "POSITIVE_CLASS"]
 
 #: Hit class that F1 treats as positive.
 POSITIVE_CLASS = 1
@@ -185,11 +185,7 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
     Returns
     -------
     dict
-        ``accuracy`` (pooled over all queries), ``f1`` (pooled counts, positive class),
-        ``n_tasks``, ``n_queries``, ``confusion`` (pooled ``(n_way, n_way)`` counts, rows = true
-        class, columns = predicted, in the order of ``confusion_classes``, the hit classes of the
-        episodes; ``None`` when episodes mix class sets) and ``per_structure``:
-        ``{name: {"accuracy", "f1", "n_tasks", "n_queries"}}``.
+        See :func:`evaluate_predictions`.
     """
     from speckle_embed.fewshot_rules import get_rule
     from speckle_embed.index import SupportIndex
@@ -199,17 +195,52 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
     emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
     if emb.ndim != 2:
         raise ValueError(f"embeddings must have shape (N, d), got {emb.shape}")
+    fn = get_rule(rule)
+
+    def predict(ep: Episode) -> np.ndarray:
+        index = SupportIndex(emb.shape[1], use_gpu=False)
+        index.add(emb[ep.support_idx], ep.support_labels)
+        return fn(index, emb[ep.query_idx], n_classes=ep.n_way, **rule_kwargs).argmin(axis=1)
+
+    return evaluate_predictions(predict, episodes, structure_names=structure_names,
+                                positive_class=positive_class)
+
+
+def evaluate_predictions(predict: Callable[[Episode], np.ndarray], episodes: Sequence[Episode], *,
+                         structure_names: Sequence[str] | None = None,
+                         positive_class: int = POSITIVE_CLASS) -> dict:
+    """Score any few-shot method on episodes: ``predict(episode)`` -> episode labels of its queries.
+
+    The same episodes scored by different methods (an embedding's rule, a classical baseline, an
+    adapted classifier) give directly comparable numbers.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(ep)`` returns the predicted episode labels ``0 .. n_way-1`` of ``ep.query_idx``.
+    episodes : sequence of Episode
+    structure_names : sequence of str, optional
+    positive_class : int
+        Hit class counted as positive for F1.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (pooled over all queries), ``f1`` (pooled counts, positive class),
+        ``n_tasks``, ``n_queries``, ``confusion`` (pooled ``(n_way, n_way)`` counts, rows = true
+        class, columns = predicted, in the order of ``confusion_classes``, the hit classes of the
+        episodes; ``None`` when episodes mix class sets) and ``per_structure``:
+        ``{name: {"accuracy", "f1", "n_tasks", "n_queries"}}``.
+    """
     if not episodes:
         raise ValueError("no episodes to evaluate")
-    fn = get_rule(rule)
     per: dict[int, list[int]] = {}  # structure -> [correct, total, tp, fp, fn, tasks]
     classes = episodes[0].classes
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for ep in episodes:
-        index = SupportIndex(emb.shape[1], use_gpu=False)
-        index.add(emb[ep.support_idx], ep.support_labels)
-        scores = fn(index, emb[ep.query_idx], n_classes=ep.n_way, **rule_kwargs)
-        pred = scores.argmin(axis=1)
+        pred = np.asarray(predict(ep)).reshape(-1)
+        if pred.shape != ep.query_labels.shape:
+            raise ValueError(f"predict returned {pred.shape[0]} labels for {ep.query_labels.shape[0]} queries")
         if confusion is not None and ep.classes == classes:
             np.add.at(confusion, (ep.query_labels, pred), 1)
         else:

@@ -38,7 +38,8 @@ def _save(fig, path) -> Path:
 
 
 def plot_kshot(kshot: Mapping, path) -> Path:
-    """Accuracy and F1 (mean over structures, +-1 std of accuracy) against K, paper's accuracy dashed."""
+    """Accuracy and F1 (mean over structures, +-1 std of accuracy) against K; classical baselines dotted
+    (when ``by_k[K]["baselines"]`` holds them), the paper's accuracy dashed."""
     plt = _plt()
     ks = sorted(int(k) for k in kshot["by_k"])
     acc = [kshot["by_k"][str(k)]["accuracy_mean"] for k in ks]
@@ -47,6 +48,9 @@ def plot_kshot(kshot: Mapping, path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.errorbar(ks, acc, yerr=std, marker="o", capsize=3, label="accuracy (ours)")
     ax.plot(ks, f1, marker="s", label="F1, single positive (ours)")
+    for j, name in enumerate(kshot["by_k"][str(ks[0])].get("baselines", {})):
+        ax.plot(ks, [kshot["by_k"][str(k)]["baselines"][name]["accuracy_mean"] for k in ks], ls=":",
+                marker="^v<>"[j % 4], color="grey" if j else "tab:green", label=f"accuracy, {name}")
     paper = PAPER["specklenn_offline_accuracy"]
     pk = [k for k in ks if k in paper]
     if pk:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from speckle_embed.evaluation.baselines import baseline_features, evaluate_baselines
 from speckle_embed.evaluation.episodes import Episode, evaluate_episodes, sample_episodes
 from speckle_embed.evaluation.labelled import LabelledSet, photon_frames
 
@@ -89,7 +90,7 @@ def summarise(result: dict) -> dict:
 def kshot_protocol(embedder, sets: Sequence[LabelledSet], *, k_shots: Sequence[int] = (1, 5, 20),
                    n_query: int = 500, n_tasks: int = 20, rule: str = "mean_distance", seed: int = 0,
                    gaussian_sigma: float = 0.15, progress: bool = True, embeddings=None,
-                   **embed_kwargs: Any) -> dict:
+                   baselines: bool = True, **embed_kwargs: Any) -> dict:
     """2-way K-shot accuracy and F1 per structure at the baseline fluence.
 
     Parameters
@@ -108,18 +109,27 @@ def kshot_protocol(embedder, sets: Sequence[LabelledSet], *, k_shots: Sequence[i
         Decision rule (:mod:`speckle_embed.fewshot_rules`).
     embeddings : tuple (z, hit, structure), optional
         Precomputed :func:`embed_sets` output (baseline fluence).
+    baselines : bool
+        Also score the classical baselines (:mod:`speckle_embed.baselines`) on the same
+        episodes and the same noisy frames (``by_k[K]["baselines"][name]`` = summary).
 
     Returns
     -------
     dict
-        ``by_k``: ``{K: summary + "per_structure" + "confusion"}`` and the embeddings
-        under ``"_embeddings"`` (not JSON; popped by the report).
+        ``by_k``: ``{K: summary + "per_structure" + "confusion" + "baselines"}`` and the
+        embeddings under ``"_embeddings"`` (not JSON; popped by the report).
     """
     names = [s.name for s in sets]
     z, hit, struct = embeddings if embeddings is not None else embed_sets(
         embedder, sets, gaussian_sigma=gaussian_sigma, seed=seed, progress=progress, **embed_kwargs)
     out: dict[str, Any] = {"by_k": {}, "structures": names, "n_query": n_query, "n_tasks": n_tasks,
                            "rule": rule}
+    feats = None
+    if baselines:  # the very frames embed_sets embedded (same noise seed)
+        frames = [photon_frames(s, 1.0, gaussian_sigma=gaussian_sigma, seed=[int(seed), i, 0])
+                  for i, s in enumerate(sets)]
+        feats = baseline_features(sets, frames=frames, center=embed_kwargs.get("center")
+                                  if not isinstance(embed_kwargs.get("center"), str) else None)
     for k in k_shots:
         episodes = sample_episodes(hit, struct, n_way=2, k_shot=int(k), n_query=n_query,
                                    n_tasks=n_tasks, seed=seed)
@@ -127,6 +137,9 @@ def kshot_protocol(embedder, sets: Sequence[LabelledSet], *, k_shots: Sequence[i
         out["by_k"][str(int(k))] = {**summarise(res), "per_structure": res["per_structure"],
                                     "confusion": res["confusion"],
                                     "confusion_classes": res["confusion_classes"]}
+        if feats is not None:
+            out["by_k"][str(int(k))]["baselines"] = {
+                name: summarise(r) for name, r in evaluate_baselines(feats, episodes, structure_names=names).items()}
     out["_embeddings"] = (z, hit, struct)
     return out
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions, evaluate_baselines
 from speckle_embed.evaluation.episodes import Episode, evaluate_episodes
 from speckle_embed.evaluation.labelled import LabelledSet
 from speckle_embed.evaluation.selection import selection_metrics
@@ -266,7 +267,7 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
                     classes: Sequence[int] = ONLINE_CLASSES, rule: str = "mean_distance", seed: int = 0,
                     head_overrides: Mapping | None = None, single_model: bool = True,
                     embed_kwargs: Mapping | None = None, progress: bool = True,
-                    finetune: Mapping | None = None, run_dir=None) -> dict:
+                    finetune: Mapping | None = None, run_dir=None, baselines: bool = True) -> dict:
     """SpeckleNN 3-way K-shot against supervised heads on one labelled experiment.
 
     Parameters
@@ -289,6 +290,9 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
         With ``enabled: true``, also a "SpeckleNN (fine-tuned)" row per fraction: the
         embedder trained on the labelled pool (with that fraction's mask) by
         :func:`finetune_embedder`; the other keys are its ``train_config``. Needs ``run_dir``.
+    baselines : bool
+        Also a row per classical baseline (:mod:`speckle_embed.baselines`): fitted on each
+        episode's supports, scored on the same queries, with that fraction's mask.
 
     Returns
     -------
@@ -342,6 +346,18 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
             row, single = speckle_row(zt, "SpeckleNN (fine-tuned)", tag, fraction)
             rows.append(row)
             sel[row["method"]] = single
+        if baselines:
+            center = (embed_kwargs or {}).get("center")
+            feats = baseline_features([data], masks=[mask], center=None if isinstance(center, str) else center)
+            for name, res in evaluate_baselines(feats, episodes).items():
+                rows.append({"detector": tag, "fraction": float(fraction), "method": name,
+                             "accuracy": res["accuracy"], "f1": res["f1"],
+                             **_single_pr(res["confusion"], classes), "n_queries": res["n_queries"],
+                             "confusion": res["confusion"], "confusion_classes": list(classes)})
+                est, f = feats[name]
+                first = Episode(0, episodes[0].classes, episodes[0].support_idx, episodes[0].support_labels,
+                                query, np.zeros(query.size, dtype=np.int64))
+                sel[name] = np.asarray(classes)[baseline_predictions(est, f, first)] == 1
         for name, cfg in (heads or {}).items():
             if not cfg:  # heads.<name>=null switches a head off
                 continue
