@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -55,17 +56,21 @@ class DecisionLog:
         Also append ``decisions.csv``.
     max_pending : int
         Records kept while writes fail; older ones are dropped (counted in :attr:`lost`).
+    reserve_bytes : int
+        Free disk space kept: a chunk that would eat into it is not written (HDF5 then never
+        meets a full disk in the middle of a file).
     on_error : callable, optional
         ``on_error()`` per failed flush (the counters).
     """
 
     def __init__(self, directory, classes, *, flush_records: int = 4096, flush_seconds: float = 2.0,
-                 csv: bool = True, max_pending: int = 1_000_000, on_error=None):
+                 csv: bool = True, max_pending: int = 1_000_000, reserve_bytes: int = 16 << 20, on_error=None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.classes = [str(c) for c in classes]
         self.flush_records, self.flush_seconds = int(flush_records), float(flush_seconds)
         self.max_pending = int(max_pending)
+        self.reserve_bytes = int(reserve_bytes)
         self.on_error = on_error or (lambda: None)
         self._buf: list[dict] = []
         self._n_buf = 0
@@ -128,6 +133,11 @@ class DecisionLog:
         tmp = tmp_sibling(final)
         csv_size = self.csv_path.stat().st_size if self.csv_path is not None else 0
         try:
+            free = shutil.disk_usage(self.dir).free
+            need = sum(v.nbytes if hasattr(v, "nbytes") else 64 * len(v) for v in cols.values()) * 3
+            if free < self.reserve_bytes + need:
+                raise OSError(28, f"No space left on device: {free} bytes free, the reserve is "
+                                  f"{self.reserve_bytes} (log.reserve_bytes)")
             with h5py.File(tmp, "w") as f:
                 g = f.create_group("decisions")
                 for k in LOG_FIELDS:
@@ -143,7 +153,7 @@ class DecisionLog:
             if self.csv_path is not None:
                 self._append_csv(cols)
             os.replace(tmp, final)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError for some failed writes
             tmp.unlink(missing_ok=True)
             if self.csv_path is not None:
                 try:

@@ -171,6 +171,7 @@ class StreamService:
                                         flush_records=int(lcfg.get("flush_records", 4096)),
                                         flush_seconds=float(lcfg.get("flush_seconds", 2.0)),
                                         csv=bool(lcfg.get("csv", True)),
+                                        reserve_bytes=int(float(lcfg.get("reserve_bytes", 16 << 20))),
                                         on_error=lambda: self.counters.add_write_error("log")) \
             if lcfg.get("enabled", True) else None
         self.singles_cfg = cfg.get("singles", {}) or {}
@@ -203,6 +204,7 @@ class StreamService:
                         self.classes, max_file_bytes=int(float(self.singles_cfg.get("max_file_bytes", 1 << 30))),
                         mask=self.mask, compression=self.singles_cfg.get("compression"),
                         retry_s=float(self.singles_cfg.get("retry_s", 10.0)),
+                        reserve_bytes=int(float(self.singles_cfg.get("reserve_bytes", 64 << 20))),
                         attrs={"class_name": self.veto_class,
                                "checkpoint_hash": str(self.clf.checkpoint_hash_ or ""),
                                "classifier": str(self.cfg.get("classifier") or self.cfg.get("supports") or "")},

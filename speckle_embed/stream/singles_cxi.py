@@ -13,9 +13,12 @@ A file is written under a ``.tmp`` name and renamed when it holds ``max_file_byt
 (or at shutdown); after each chunk it is flushed and ``n_frames`` records how many frames are
 complete. After a kill -9, the next start finalises such a ``.tmp``: datasets cut to
 ``n_frames`` and renamed, or, if HDF5 cannot open it, left aside as ``*.damaged.tmp``. The
-next file continues the numbering (the restart appends). A write that fails (disk full)
-closes the current file at its last committed frame, reports once, and retries after
-``retry_s``; frames meanwhile are counted as not written, and classification goes on.
+next file continues the numbering (the restart appends). Disk full: the writer keeps a reserve; when the free space would drop below ``reserve_bytes``
+it closes the current file cleanly at its last frame, reports once, and retries after
+``retry_s``: HDF5 itself never meets a full disk in the middle of a file (it then leaves file
+handles it cannot close). If it still does (another process filled the disk first), the file is
+cut to its last committed frame or removed. Frames meanwhile are counted as not written, and
+classification goes on.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -60,7 +64,7 @@ def recover_tmp_files(directory) -> list[Path]:
             os.replace(tmp, final)
             out.append(final)
             log.warning("singles: recovered %s (%d frames) left by an interrupted run", final.name, n)
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, RuntimeError) as exc:
             aside = tmp.with_name(tmp.name[:-len(".tmp")] + ".damaged.tmp")
             os.replace(tmp, aside)
             log.error("singles: %s cannot be recovered (%s); moved aside as %s", tmp.name, exc, aside.name)
@@ -85,11 +89,14 @@ class SinglesWriter:
         h5py compression of the frames (None: none, fastest; "gzip", "lzf").
     retry_s : float
         Seconds to wait after a failed write before trying again.
+    reserve_bytes : int
+        Free space left on the disk: a chunk that would eat into it is not written.
     on_error : callable, optional
     """
 
     def __init__(self, directory, frame_shape, dtype, classes, *, max_file_bytes: int = 1 << 30, mask=None,
-                 attrs=None, compression: str | None = None, retry_s: float = 10.0, on_error=None):
+                 attrs=None, compression: str | None = None, retry_s: float = 10.0,
+                 reserve_bytes: int = 64 << 20, on_error=None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.frame_shape = tuple(int(s) for s in frame_shape)
@@ -100,6 +107,8 @@ class SinglesWriter:
         self.mask = None if mask is None else np.asarray(mask, dtype=np.uint16)
         self.attrs = dict(attrs or {})
         self.compression, self.retry_s = compression, float(retry_s)
+        self.reserve_bytes = int(reserve_bytes)
+        self.frame_bytes = frame_bytes
         self.on_error = on_error or (lambda: None)
         self.not_written = 0
         self.written = 0
@@ -147,6 +156,10 @@ class SinglesWriter:
                 if self._f is None:
                     self._open()
                 k = min(n - done, self.frames_per_file - self._n)
+                free = shutil.disk_usage(self.dir).free
+                if free < self.reserve_bytes + 2 * k * self.frame_bytes + (1 << 16):
+                    raise OSError(28, f"No space left on device: {free} bytes free, the reserve is "
+                                      f"{self.reserve_bytes} (singles.reserve_bytes)")
                 sl = slice(done, done + k)
                 f, a, b = self._f, self._n, self._n + k
                 for path, v in ((DATA, frames[sl]), ("/entry_1/event/train_id", train_id[sl]),
@@ -161,12 +174,12 @@ class SinglesWriter:
                 done += k
                 if self._n >= self.frames_per_file:
                     self._finish()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError for some failed writes
             self.not_written += n - done
             self.on_error()
             log.error("singles: cannot write %s (%s: %s); the file is closed at its last complete frame, "
                       "still classifying; next try in %.0f s", self._final, type(exc).__name__, exc, self.retry_s)
-            self._abandon()
+            self._abandon(clean=isinstance(exc, OSError) and "reserve" in str(exc))
             self._pause_until = time.monotonic() + self.retry_s
         self.written += done
         return done
@@ -177,8 +190,19 @@ class SinglesWriter:
         os.replace(self._tmp, self._final)
         self.files.append(self._final)
 
-    def _abandon(self) -> None:
+    def _abandon(self, clean: bool = False) -> None:
         """After a failed write: keep the committed frames if the file can be finalised, else remove it."""
+        if clean and self._f is not None:  # stopped by the reserve: nothing failed, close normally
+            try:
+                if self._n:
+                    self._finish()
+                else:
+                    self._f.close()
+                    self._f = None
+                    self._tmp.unlink(missing_ok=True)
+                return
+            except (OSError, RuntimeError):
+                pass
         try:
             if self._f is not None:
                 self._f.close()
@@ -204,6 +228,6 @@ class SinglesWriter:
                     self._f = None
                 else:
                     self._finish()
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 log.error("singles: cannot finalise %s (%s)", self._final, exc)
                 self._abandon()
