@@ -15,6 +15,8 @@ import threading
 import time
 
 import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from speckle_embed.stream.monitor_page import PAGE_HTML
 
@@ -45,10 +47,10 @@ def frame_png(frame: np.ndarray, mask=None, size: int = 160) -> str:
 
 
 def build_app(get_state, interval_s: float = 0.5):
-    """The FastAPI application; ``get_state()`` returns the JSON-able state."""
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-    from fastapi.responses import HTMLResponse, JSONResponse
+    """The FastAPI application; ``get_state()`` returns the JSON-able state.
 
+    (FastAPI resolves the handlers' annotations by name: its classes are imported at module level.)
+    """
     app = FastAPI(title="speckle_embed stream monitor", docs_url=None, redoc_url=None)
 
     @app.get("/", response_class=HTMLResponse)

@@ -44,6 +44,7 @@ function axes(ctx,w,h,ymax,label){ctx.clearRect(0,0,w,h);ctx.strokeStyle="#999";
 function lines(id,series,ymax){const c=document.getElementById(id),ctx=c.getContext("2d"),w=c.width,h=c.height;
  axes(ctx,w,h,ymax,"time (s)");let k=0;for(const [name,ys] of series){ctx.strokeStyle=COLORS[k%COLORS.length];ctx.beginPath();
   ys.forEach((y,i)=>{const x=40+(w-45)*(ys.length>1?i/(ys.length-1):1),yy=h-20-(h-25)*(ymax>0?y/ymax:0);i?ctx.lineTo(x,yy):ctx.moveTo(x,yy)});ctx.stroke();
+  ys.forEach((y,i)=>{const x=40+(w-45)*(ys.length>1?i/(ys.length-1):1),yy=h-20-(h-25)*(ymax>0?y/ymax:0);ctx.fillStyle=ctx.strokeStyle;ctx.fillRect(x-2,yy-2,4,4)});
   ctx.fillStyle=ctx.strokeStyle;ctx.fillText(name,50+80*k,14);k++}}
 function hist(id,hh){const c=document.getElementById(id),ctx=c.getContext("2d"),w=c.width,h=c.height;const m=Math.max(1,...hh.counts);
  axes(ctx,w,h,m,"p(best)-p(2nd)");const bw=(w-45)/hh.counts.length;ctx.fillStyle="#1f77b4";
