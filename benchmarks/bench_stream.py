@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     results = []
     for size in args.sizes:
         scale = size / 128 if size > 128 else None
-        bs = bs if size <= 256 else args.large_batch_size
+        bs = args.batch_size if size <= 256 else args.large_batch_size
         emb = load_pretrained(device="cpu")
         emb.batch_size = bs
         sup = frames_of(16, size, args.seed + 1)
