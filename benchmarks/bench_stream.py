@@ -39,9 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speckle_embed.classifier import FewShotClassifier  # noqa: E402
-from speckle_embed.pretrained import load_pretrained  # noqa: E402
-from speckle_embed.stream.service import StreamService  # noqa: E402
+from speckle_embed.classifier import FewShotClassifier
+from speckle_embed.pretrained import load_pretrained
+from speckle_embed.stream.service import StreamService
 
 
 def frames_of(n: int, size: int, seed: int) -> np.ndarray:

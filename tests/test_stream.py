@@ -16,14 +16,26 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from stream_helpers import (
+    base_cfg,
+    free_port,
+    rings,
+    small_classifier,
+    stripes,
+    wait_until,
+)
 
 from speckle_embed.stream.decision_log import DecisionLog, read_decision_log
-from speckle_embed.stream.messages import (DECISIONS_SCHEMA, decode_decisions, decode_frames, encode_frames)
+from speckle_embed.stream.messages import (
+    DECISIONS_SCHEMA,
+    decode_decisions,
+    decode_frames,
+    encode_frames,
+)
 from speckle_embed.stream.packet import FramePacket, MalformedMessage
 from speckle_embed.stream.queue import FrameQueue
 from speckle_embed.stream.service import StreamService
 from speckle_embed.stream.singles_cxi import SinglesWriter
-from stream_helpers import base_cfg, free_port, rings, small_classifier, stripes, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +75,7 @@ class Subscriber:
     def _run(self):
         while not self.stop.is_set():
             if self.sock.poll(50):
-                topic, body = self.sock.recv_multipart()
+                _topic, body = self.sock.recv_multipart()
                 self.messages.append(decode_decisions(body))
 
     def n(self):
@@ -107,7 +119,7 @@ def test_frames_message_round_trip_and_malformed_messages():
 
 
 def test_queue_drop_oldest_and_block():
-    pk = lambda n, t: FramePacket(np.zeros((n, 2, 2)), t, np.arange(n), 0.0)  # noqa: E731
+    pk = lambda n, t: FramePacket(np.zeros((n, 2, 2)), t, np.arange(n), 0.0)
     dropped = []
     q = FrameQueue(10, "drop_oldest", on_drop=dropped.append)
     for t in range(5):
@@ -193,7 +205,7 @@ def test_zmq_source_reconnects_after_the_sender_goes_away(tmp_path, clf):
         push.setsockopt(zmq.LINGER, 2000)
         push.bind(ep)
         push.send_multipart(encode_frames(rings(4, round_), round_))
-        assert wait_until(lambda: svc.counters.classified >= 4 * (round_ + 1), 15)
+        assert wait_until(lambda r=round_: svc.counters.classified >= 4 * (r + 1), 15)
         push.close()
         ctx.term()   # the sender disappears
         if round_ == 0:
@@ -291,7 +303,7 @@ def test_full_disk_log_and_cxi_keep_classifying_and_leave_nothing_half_written(t
     import speckle_embed.stream.decision_log as dl
 
     log = DecisionLog(tmp_path / "log", ["a", "b"], flush_records=10 ** 9, flush_seconds=1e9)
-    rec = lambda n, t: dict(train_id=np.full(n, t), pulse_id=np.arange(n), timestamp=np.zeros(n),  # noqa: E731
+    rec = lambda n, t: dict(train_id=np.full(n, t), pulse_id=np.arange(n), timestamp=np.zeros(n),
                             code=np.zeros(n, np.int64), label=np.array(["a"] * n),
                             distances=np.zeros((n, 2), np.float32), probabilities=np.full((n, 2), .5, np.float32),
                             margin=np.zeros(n, np.float32), latency_ms=np.ones(n, np.float32))

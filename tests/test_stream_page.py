@@ -11,10 +11,17 @@ import time
 import numpy as np
 import pytest
 import zmq
+from stream_helpers import (
+    base_cfg,
+    free_port,
+    rings,
+    small_classifier,
+    stripes,
+    wait_until,
+)
 
 from speckle_embed.stream.messages import encode_frames
 from speckle_embed.stream.service import StreamService
-from stream_helpers import base_cfg, free_port, rings, small_classifier, stripes, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
@@ -52,7 +59,7 @@ def test_monitor_page_updates_in_a_headless_browser(tmp_path):
     try:
         driver.set_page_load_timeout(20)
         driver.get(svc.monitor.url)
-        text = lambda i: driver.find_element(By.ID, i).text  # noqa: E731
+        text = lambda i: driver.find_element(By.ID, i).text
         assert wait_until(lambda: text("classified") == "0", 10)            # connected, nothing yet
         for t in range(3):
             push.send_multipart(encode_frames(rings(10, 10 + t), 10 + t))

@@ -11,7 +11,7 @@ import numpy as np
 
 from speckle_embed.stream.packet import FramePacket
 
-__all__ = ["DetectorAssembler", "build_geometry", "DETECTORS", "MASK_INVALID"]
+__all__ = ["DETECTORS", "MASK_INVALID", "DetectorAssembler", "build_geometry"]
 
 #: CXI mask bit of an invalid pixel (gap or bad), as in the datasets (DESIGN.md)
 MASK_INVALID = 0x1

@@ -30,7 +30,7 @@ import numpy as np
 
 from speckle_embed.atomic import tmp_sibling
 
-__all__ = ["DecisionLog", "read_decision_log", "LOG_FIELDS"]
+__all__ = ["LOG_FIELDS", "DecisionLog", "read_decision_log"]
 
 log = logging.getLogger("speckle_embed.stream")
 

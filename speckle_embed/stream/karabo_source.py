@@ -18,10 +18,14 @@ import time
 import numpy as np
 from karabo_bridge import Client
 
-from speckle_embed.stream.packet import FramePacket, MalformedMessage, SourceDisconnected
+from speckle_embed.stream.packet import (
+    FramePacket,
+    MalformedMessage,
+    SourceDisconnected,
+)
 from speckle_embed.stream.source import FrameSource
 
-__all__ = ["KaraboBridgeSource", "LAYOUTS"]
+__all__ = ["LAYOUTS", "KaraboBridgeSource"]
 
 LAYOUTS = ("file", "online")
 

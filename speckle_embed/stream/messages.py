@@ -25,8 +25,18 @@ import numpy as np
 
 from speckle_embed.stream.packet import FramePacket, MalformedMessage
 
-__all__ = ["FRAMES_SCHEMA", "DECISIONS_SCHEMA", "DECISIONS_TOPIC", "STATUS_TOPIC", "ACCEPTED_DTYPES",
-           "encode_frames", "decode_frames", "encode_decisions", "decode_decisions", "encode_status"]
+__all__ = [
+    "ACCEPTED_DTYPES",
+    "DECISIONS_SCHEMA",
+    "DECISIONS_TOPIC",
+    "FRAMES_SCHEMA",
+    "STATUS_TOPIC",
+    "decode_decisions",
+    "decode_frames",
+    "encode_decisions",
+    "encode_frames",
+    "encode_status",
+]
 
 FRAMES_SCHEMA = "speckle_embed.frames/1"
 DECISIONS_SCHEMA = "speckle_embed.decisions/1"

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from speckle_embed.stream.monitor_page import PAGE_HTML
 
-__all__ = ["MonitorServer", "frame_png", "build_app"]
+__all__ = ["MonitorServer", "build_app", "frame_png"]
 
 log = logging.getLogger("speckle_embed.stream")
 
@@ -101,7 +101,7 @@ class MonitorServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    def start(self, timeout: float = 10.0) -> "MonitorServer":
+    def start(self, timeout: float = 10.0) -> MonitorServer:
         self.thread.start()
         end = time.monotonic() + timeout
         while not self.server.started and time.monotonic() < end and self.thread.is_alive():

@@ -53,7 +53,7 @@ class FramePacket:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def take(self, start: int, stop: int) -> "FramePacket":
+    def take(self, start: int, stop: int) -> FramePacket:
         """Frames ``start:stop`` as a packet of their own (views, same receipt time)."""
         mask = self.mask
         if mask is not None and mask.ndim == 3:

@@ -21,7 +21,7 @@ from collections import deque
 
 from speckle_embed.stream.packet import FramePacket
 
-__all__ = ["FrameQueue", "POLICIES"]
+__all__ = ["POLICIES", "FrameQueue"]
 
 POLICIES = ("drop_oldest", "block")
 

@@ -8,7 +8,6 @@ that much in memory); :class:`FileReplaySource` feeds them to the service direct
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np

@@ -12,8 +12,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from speckle_embed.stream.source import SourceRunner
 from speckle_embed.stream.validate import FrameValidator
 from speckle_embed.stream.worker import ClassifierWorker
 
-__all__ = ["StreamService", "run_stream", "build_classifier", "load_supports", "build_source"]
+__all__ = ["StreamService", "build_classifier", "build_source", "load_supports", "run_stream"]
 
 log = logging.getLogger("speckle_embed.stream")
 _SUFFIXES = (".h5", ".cxi", ".hdf5", ".npy")
@@ -249,7 +250,7 @@ class StreamService:
                 "source": self.source.name}
 
     # ------------------------------------------------------------------ running
-    def start(self) -> "StreamService":
+    def start(self) -> StreamService:
         if self.monitor is not None:
             self.monitor.start()
         self.worker.start()

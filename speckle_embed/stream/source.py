@@ -13,11 +13,15 @@ import threading
 from abc import ABC, abstractmethod
 
 from speckle_embed.stream.counters import StreamCounters
-from speckle_embed.stream.packet import (FramePacket, MalformedMessage, SourceDisconnected,
-                                         SourceExhausted)
+from speckle_embed.stream.packet import (
+    FramePacket,
+    MalformedMessage,
+    SourceDisconnected,
+    SourceExhausted,
+)
 from speckle_embed.stream.queue import FrameQueue
 
-__all__ = ["FrameSource", "SourceRunner", "RateLimitedLog"]
+__all__ = ["FrameSource", "RateLimitedLog", "SourceRunner"]
 
 log = logging.getLogger("speckle_embed.stream")
 
@@ -112,7 +116,7 @@ class SourceRunner(threading.Thread):
     def run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # noqa: BLE001 - reported by the service, never silent
+        except BaseException as exc:
             self.error = exc
             log.exception("source %s failed", self.source.name)
         finally:

@@ -78,7 +78,7 @@ class ClassifierWorker(threading.Thread):
                     self.process(packets)
                 elif self.source_done.is_set() and len(self.queue) == 0:
                     return
-        except BaseException as exc:  # noqa: BLE001 - the service reports it and exits non-zero
+        except BaseException as exc:
             self.error = exc
             log.exception("classifier worker failed")
 
