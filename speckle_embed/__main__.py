@@ -7,6 +7,8 @@ Commands::
     evaluate   the evaluation suite and its report (speckle_embed.evaluation.__main__, Hydra)
     demo       the whole story: simulate a new sample, register 5 shots, classify
                (speckle_embed.demo.__main__, Hydra; needs the sim extra)
+    stream     the online veto service (speckle_embed.stream, Hydra; the stream extra)
+    stream-replay  send frames of files over ZMQ at a chosen rate (rehearsals)
 
 Everything after the command is passed on (Hydra overrides ``key=value``)::
 
@@ -32,6 +34,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
                  "the evaluation suite: offline/online protocols, report (Hydra)"),
     "demo": (("speckle_embed.demo.__main__",),
              "the whole story: simulate a new sample, register 5 shots, classify (Hydra)"),
+    "stream": (("speckle_embed.stream.__main__",), "online veto: classify a stream of frames (Hydra)"),
+    "stream-replay": (("speckle_embed.stream.replay_main",), "send frames of files over ZMQ at a rate"),
 }
 
 

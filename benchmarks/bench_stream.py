@@ -1,0 +1,176 @@
+"""End-to-end throughput and latency of the online veto (``speckle-embed stream``) on localhost.
+
+A sender process replays ``uint16`` frames from a CXI file over ZMQ (``send_replay``, PUSH,
+``--frames-per-message`` frames per message); the service (:class:`StreamService`, in this
+process) receives, validates, classifies with the shipped embedding at ``--precision`` (int8
+calibrated on the supports), publishes every decision on its PUB socket and appends the decision
+log. For each frame size (128 x 128, and 1024 x 1024 "assembled" frames read with ``scale=8``):
+
+1. ``saturated``: the sender goes as fast as it can with the ``block`` policy (the queue pushes
+   back, nothing is dropped): the sustained frames/s of the whole chain;
+2. ``paced``: the sender paced at ``--load`` x that rate with the ``drop_oldest`` policy: frames
+   dropped (should be 0) and the latency receipt -> published decision (p50/p99);
+3. ``in-memory``: ``FewShotClassifier.classify`` on the same frames already in memory, batch
+   ``--batch-size`` (the embedder's own throughput); the ratio says what I/O costs.
+
+Frames are synthetic (Poisson rings and stripes, seed ``--seed``): speed does not depend on the
+content. The figures depend on the machine and on what else runs on it (README table).
+
+Usage::
+
+    python benchmarks/bench_stream.py                      # both sizes, int8, 8 s per phase
+    python benchmarks/bench_stream.py --sizes 128 --seconds 5 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from speckle_embed.classifier import FewShotClassifier
+from speckle_embed.pretrained import load_pretrained
+from speckle_embed.stream.service import StreamService
+
+
+def frames_of(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    k = size / 128
+    out = np.empty((n, size, size), np.uint16)
+    for i in range(n):
+        lam = 20 * (1 + (np.cos(np.hypot(yy, xx) / (3 * k)) if i % 2 else np.cos(xx / (3 * k))))
+        out[i] = rng.poisson(lam)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sender(path, endpoint, rate, per_msg, seconds, threads_env):
+    os.environ.update(threads_env)
+    from speckle_embed.stream.replay_sender import send_replay
+    from speckle_embed.stream.replay_source import FileFrames
+
+    stop = threading.Event()
+    threading.Timer(seconds, stop.set).start()
+    send_replay(FileFrames([path], frames_per_message=per_msg, repeat=0), endpoint, rate_hz=rate, block=True,
+                stop=stop, hwm=16)
+
+
+def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale):
+    port = free_port()
+    cfg = {"source": {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}", "hwm": 16},
+           "assembly": {"detector": "none"}, "batch_size": batch_size, "max_wait_ms": 5,
+           "queue": {"capacity_frames": max(4 * batch_size, 8 * per_msg), "policy": policy},
+           "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
+           "log": {"enabled": True, "flush_records": 8192, "flush_seconds": 2.0, "csv": True},
+           "singles": {"enabled": False}, "monitor": {"enabled": False},
+           "output_dir": tempfile.mkdtemp(prefix="bench_stream_"), "stop_when_source_ends": False}
+    if scale:
+        clf.scale = scale
+    svc = StreamService(cfg, classifier=clf).start()
+    proc = mp.get_context("spawn").Process(target=_sender, args=(str(path), f"tcp://127.0.0.1:{port}", rate,
+                                                                 per_msg, seconds + 20, {"OMP_NUM_THREADS": "1"}))
+    proc.start()
+    end = time.monotonic() + 60   # the sender process starts (imports) and the first batch is done
+    while svc.counters.classified == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    c0, t0 = svc.counters.classified, time.perf_counter()
+    svc.counters._lat[:] = np.nan   # latencies of the measured window only
+    time.sleep(seconds)
+    c1, t1 = svc.counters.classified, time.perf_counter()
+    snap = svc.counters.snapshot()
+    proc.terminate()
+    proc.join(30)
+    svc.request_stop()
+    svc.shutdown()
+    return {"frames_per_s": (c1 - c0) / (t1 - t0), "dropped": snap["dropped"], "latency_ms": snap["latency"],
+            "classified": snap["classified"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 1024])
+    ap.add_argument("--precision", default="int8", choices=["float32", "int8"])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--large-batch-size", type=int, default=16,
+                    help="batch size for frames larger than 256 px (a 256-frame batch of 1024^2 takes ~30 s here)")
+    ap.add_argument("--frames-per-message", type=int, default=32)
+    ap.add_argument("--load", type=float, default=0.8, help="paced rate as a fraction of the saturated one")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = []
+    for size in args.sizes:
+        scale = size / 128 if size > 128 else None
+        bs = args.batch_size if size <= 256 else args.large_batch_size
+        emb = load_pretrained(device="cpu")
+        emb.batch_size = bs
+        sup = frames_of(16, size, args.seed + 1)
+        clf = FewShotClassifier(emb, use_gpu=False, scale=scale).fit(sup, ["a", "b"] * 8)
+        if args.precision == "int8":
+            emb.calibrate_int8(sup, scale=scale)
+            emb.precision = "int8"
+        n_file = 512 if size <= 256 else 64
+        x = frames_of(n_file, size, args.seed)
+        tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
+        with h5py.File(tmp / "frames.cxi", "w") as f:
+            f.create_dataset("/entry_1/data_1/data", data=x)
+        # in-memory throughput of the classifier itself
+        clf.classify(x[:bs])
+        reps, t = 0, time.perf_counter()
+        while time.perf_counter() - t < args.seconds / 2 or reps < 2:
+            for i in range(0, len(x), bs):
+                clf.classify(x[i:i + bs])
+            reps += 1
+        mem = reps * len(x) / (time.perf_counter() - t)
+        per_msg = args.frames_per_message if size <= 256 else 4
+        sat = run_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, 0, "block", bs, scale)
+        if sat["frames_per_s"] <= 0:
+            raise SystemExit(f"{size}: nothing classified in the saturated window; use a longer --seconds")
+        paced = run_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, args.load * sat["frames_per_s"],
+                          "drop_oldest", bs, scale)
+        row = {"size": size, "precision": args.precision, "threads": args.threads,
+               "in_memory_frames_per_s": round(mem, 1),
+               "saturated_frames_per_s": round(sat["frames_per_s"], 1), "saturated_dropped": sat["dropped"],
+               "ratio_to_in_memory": round(sat["frames_per_s"] / mem, 3),
+               "paced_rate": round(args.load * sat["frames_per_s"], 1),
+               "paced_frames_per_s": round(paced["frames_per_s"], 1), "paced_dropped": paced["dropped"],
+               "paced_latency_ms": {k: (None if v is None else round(v, 2)) for k, v in paced["latency_ms"].items()},
+               "cpu_count": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2)}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    print("\n| frames | in memory (f/s) | stream saturated (f/s, dropped) | ratio | paced at (f/s) | dropped | "
+          "p50 / p99 latency (ms) | load avg |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        lat = r["paced_latency_ms"]
+        print(f"| {r['size']}x{r['size']} uint16 | {r['in_memory_frames_per_s']:.0f} | "
+              f"{r['saturated_frames_per_s']:.0f} ({r['saturated_dropped']}) | {r['ratio_to_in_memory']:.2f} | "
+              f"{r['paced_rate']:.0f} | {r['paced_dropped']} | {lat['p50_ms']} / {lat['p99_ms']} | "
+              f"{r['loadavg_1min']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
