@@ -31,7 +31,7 @@ from .ranges import bernoulli, check_range, uniform
 
 __all__ = ["BeamConfig", "bandwidth_smear", "coherence_blur", "bin_pixels", "apply_beam"]
 
-_NODES = 7  # Gauss-Hermite nodes of the spectrum (exact for polynomial profiles up to degree 13)
+_NODES = 9  # Gauss-Hermite nodes of the spectrum: copies < 0.5 px apart for r * bandwidth < 100 px
 
 
 @dataclass
@@ -78,6 +78,12 @@ def bandwidth_smear(expected: torch.Tensor, bandwidth, *, center=None) -> torch.
     n, h, w = expected.shape
     dev = expected.device
     b = torch.as_tensor(bandwidth, dtype=torch.float32, device=dev).reshape(-1).expand(n)
+    sel = torch.nonzero(b > 0)[:, 0]
+    if sel.numel() < n:  # frames without bandwidth stay exactly as they are
+        if sel.numel() == 0:
+            return expected
+        c = None if center is None else _center(n, h, w, center, dev)[sel]
+        return expected.index_copy(0, sel, bandwidth_smear(expected[sel], b[sel], center=c))
     nodes, weights = np.polynomial.hermite_e.hermegauss(_NODES)  # weight exp(-x^2 / 2)
     weights = weights / weights.sum()
     sigma = b / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma of the relative wavelength
@@ -88,8 +94,7 @@ def bandwidth_smear(expected: torch.Tensor, bandwidth, *, center=None) -> torch.
     data = expected[:, None].float()
     for xi, wt in zip(nodes, weights):
         s = (1 + sigma * float(xi)).clamp_min(0.5)[:, None, None]
-        rows = c[:, 0, None, None] + yy / s
-        cols = c[:, 1, None, None] + xx / s
+        rows, cols = torch.broadcast_tensors(c[:, 0, None, None] + yy / s, c[:, 1, None, None] + xx / s)
         grid = torch.stack([cols / max(w - 1, 1) * 2 - 1, rows / max(h - 1, 1) * 2 - 1], -1)
         copy = F.grid_sample(data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
         out = out + float(wt) * copy / s ** 2

@@ -10,7 +10,7 @@ spills equally to the 4 nearest neighbours), ``cm`` the **common-mode** offset o
 pixels read 0 ADU and **hot** pixels add ``Poisson(rate)`` photons each frame.
 
 The photon conversion (what beamline software such as psana does) optionally subtracts the
-common mode (per-row median of the pixels below ``cut`` photons), divides by ``a`` and rounds with
+common mode (per-row median of the empty pixels, :func:`common_mode_correct`), divides by ``a`` and rounds with
 a ``threshold``: ``photons = floor(adu / a + 1 - threshold)`` above ``threshold``, else 0. At zero
 noise and unit gain this recovers integer photon counts exactly; with dark noise ``sigma`` (in
 photons) a zero-photon pixel reads >= 1 photon with probability ``Q(threshold / sigma)`` (the
@@ -112,6 +112,8 @@ class DetectorResponseConfig:
         for name in ("dead_fraction", "hot_fraction", "charge_sharing"):
             setattr(self, name, list(check_range(getattr(self, name), f"detector.{name}", low=0.0, high=1.0)))
         self.threshold = list(check_range(self.threshold, "detector.threshold", low=0.0, high=1.0, positive=True))
+        if self.threshold[1] >= 1.0:  # floor(x) of a noiseless n photons may give n - 1 in float
+            raise ValueError(f"detector.threshold must be below 1 photon, got {self.threshold}")
 
 
 @dataclass
@@ -202,16 +204,21 @@ def photons_to_adu(photons: torch.Tensor, params: DetectorParams, *, panels: int
 
 def common_mode_correct(adu: torch.Tensor, adu_per_photon, *, bad: torch.Tensor | None = None,
                         cut: float = 0.5) -> torch.Tensor:
-    """Subtract each row's common mode: the median of its good pixels below ``cut`` photons.
+    """Subtract each row's common mode, estimated from its empty (zero-photon) pixels.
 
-    A row with no such pixel is left as is. ``adu_per_photon``: scalar or ``(N,)``.
+    Two medians over the row's good pixels: ``m1`` of all of them (the zero-photon peak holds
+    most pixels of a sparse diffraction row), then ``m2`` of those within ``cut`` photons of
+    ``m1``; ``m2`` is subtracted. Offsets of any size are recovered as long as fewer than half
+    of a row's pixels hold photons (denser rows are biased, as with beamline software). A row
+    with no good pixel is left as is. ``adu_per_photon``: scalar or ``(N,)``.
     """
     a = _col(adu_per_photon, adu)
-    low = adu < cut * a
-    if bad is not None:
-        low = low & ~bad
-    med = torch.nanmedian(torch.where(low, adu, torch.full_like(adu, float("nan"))), dim=-1, keepdim=True).values
-    return adu - torch.nan_to_num(med, nan=0.0)
+    nan = torch.full_like(adu, float("nan"))
+    good = torch.ones_like(adu, dtype=torch.bool) if bad is None else ~bad
+    m1 = torch.nanmedian(torch.where(good, adu, nan), dim=-1, keepdim=True).values
+    near = good & ((adu - m1).abs() < cut * a)
+    m2 = torch.nanmedian(torch.where(near, adu, nan), dim=-1, keepdim=True).values
+    return adu - torch.nan_to_num(m2, nan=0.0)
 
 
 def adu_to_photons(adu, adu_per_photon, threshold=0.5, *, common_mode: bool = False, bad=None,
@@ -225,13 +232,14 @@ def adu_to_photons(adu, adu_per_photon, threshold=0.5, *, common_mode: bool = Fa
     adu_per_photon : float or (N,)
         ADU of one photon at the beam energy (detector gain x photon energy).
     threshold : float or (N,)
-        In photons, in (0, 1]: values below it read 0, above ``floor(x + 1 - threshold)``.
+        In photons, in (0, 1): values below it read 0, above ``floor(x + 1 - threshold)``.
     common_mode : bool
         First subtract per-row common mode (:func:`common_mode_correct`).
     bad : bool array like ``adu``, optional
         Pixels excluded from the common-mode estimate.
     cut : float
-        Photons below which a pixel counts as empty for the common-mode estimate.
+        Half-width, photons, of the window about the row median whose pixels count as empty
+        for the common-mode estimate.
 
     Returns
     -------

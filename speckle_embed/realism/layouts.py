@@ -206,11 +206,18 @@ def _grid(n):
     return r[:, None] + 0 * r[None, :], r[None, :] + 0 * r[:, None]
 
 
-def _two_halves(n: int, gap_px: int, stop_half_px: float) -> np.ndarray:
-    """pnCCD: two halves split by a horizontal gap through the centre, plus a square stop."""
-    dy, dx = _grid(n)
-    m = np.abs(dy) < gap_px / 2
-    m |= (np.abs(dy) <= stop_half_px) & (np.abs(dx) <= stop_half_px)
+def _two_halves(n: int, gap_px: int, stop_px: int, *, vertical: bool = False) -> np.ndarray:
+    """pnCCD: two halves split by a central gap of ``gap_px`` rows (or columns if ``vertical``)
+    and a square central stop/hole of ``stop_px``; integer placement as
+    ``simulate.geometry.detector_mask`` (start at ``(n - size) // 2``)."""
+    m = np.zeros((n, n), dtype=bool)
+    g0 = (n - gap_px) // 2
+    if vertical:
+        m[:, g0:g0 + gap_px] = True
+    else:
+        m[g0:g0 + gap_px, :] = True
+    s0 = (n - stop_px) // 2
+    m[s0:s0 + stop_px, s0:s0 + stop_px] = True
     return m
 
 
@@ -240,26 +247,22 @@ def _modules(n_mod_rows: int, n_mod_cols: int, mod_shape, gap_px: int, quad_gap_
     return m.reshape(side // b, b, side // b, b).any(axis=(1, 3))
 
 
-def _pr772_pnccd():
-    from_geometry = 8  # simulate.geometry.pnccd_geometry(binning=8): gap 1, stop 2x2 binned pixels
-    return _two_halves(1024 // from_geometry, gap_px=1, stop_half_px=1)
-
-
 PRESETS: dict[str, DetectorPreset] = {
     "amo_pnccd_front_bin4": DetectorPreset(
-        "amo_pnccd_front_bin4", 0.586, 75e-6, 4, 256, 1600.0, lambda: _two_halves(256, 2, 4),
+        "amo_pnccd_front_bin4", 0.586, 75e-6, 4, 256, 1600.0, lambda: _two_halves(256, 2, 8),
         "LCLS AMO front pnCCD as in CXIDB entry 58 (PR772): 1024x1024 pixels of 75 um at 0.586 m, binned 4; "
-        "two halves with a horizontal central gap (modelled 8 native px = 2 binned) and a 9x9 binned-pixel "
-        "central hole; gap and hole sizes approximate (they change between runs)."),
+        "two halves split by a horizontal central gap (modelled as 8 native = 2 binned pixels) and an 8x8 "
+        "binned-pixel central hole. Gap and hole sizes are APPROXIMATE (the halves move between runs); "
+        "np.rot90 the mask if your assembled frames have the gap vertical."),
     "amo_pnccd_front_bin8": DetectorPreset(
-        "amo_pnccd_front_bin8", 0.586, 75e-6, 8, 128, 1600.0, lambda: _two_halves(128, 1, 2),
-        "As amo_pnccd_front_bin4, binned 8: 128x128 pixels of 600 um; gap 1, hole 5x5 binned pixels (approx.)."),
+        "amo_pnccd_front_bin8", 0.586, 75e-6, 8, 128, 1600.0, lambda: _two_halves(128, 1, 4),
+        "As amo_pnccd_front_bin4, binned 8: 128x128 pixels of 600 um; gap 1, hole 4x4 binned pixels (approx.)."),
     "amo_pnccd_back_bin4": DetectorPreset(
-        "amo_pnccd_back_bin4", 2.4, 75e-6, 4, 256, 1600.0, lambda: _two_halves(256, 2, 2),
+        "amo_pnccd_back_bin4", 2.4, 75e-6, 4, 256, 1600.0, lambda: _two_halves(256, 2, 4),
         "LCLS AMO/CAMP back pnCCD: same 1024x1024 x 75 um sensor further downstream. The distance 2.4 m is an "
         "APPROXIMATE placeholder (not taken from CXIDB 58): set distance_m from your run's metadata."),
     "pr772_pnccd": DetectorPreset(
-        "pr772_pnccd", 0.13, 75e-6, 8, 128, 1700.0, _pr772_pnccd,
+        "pr772_pnccd", 0.13, 75e-6, 8, 128, 1700.0, lambda: _two_halves(128, 1, 2, vertical=True),
         "Our PR772-like pnCCD (simulate.geometry.pnccd_geometry(binning=8), conf/geometry/pnccd.yaml)."),
     "spb_agipd1m_bin4": DetectorPreset(
         "spb_agipd1m_bin4", 0.7, 200e-6, 4, 268, 6000.0,
