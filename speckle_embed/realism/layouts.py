@@ -271,7 +271,7 @@ PRESETS: dict[str, DetectorPreset] = {
         "regular 8x2 grid with 4-px gaps, a 20-px cross between quadrants and a central hole (the real "
         "quadrants are staggered and movable); distance and energy typical, set them for your run."),
     "jungfrau4m_bin8": DetectorPreset(
-        "jungfrau4m_bin8", 0.5, 75e-6, 8, 259, 9000.0,
+        "jungfrau4m_bin8", 1.0, 75e-6, 8, 259, 6000.0,
         lambda: _modules(8, 4, (256, 512), gap_px=2, quad_gap_px=10, hole_px=16, binning=8),
         "Jungfrau 4M: 8 modules of 512x1024 pixels of 75 um (each 2x4 chips of 256x256). APPROXIMATE layout: "
         "modules as a regular grid of 256x512 half-modules with 2-px gaps and a 10-px central cross; "
