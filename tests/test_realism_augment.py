@@ -79,7 +79,8 @@ def test_beam_centre_in_window_under_rotation_and_zoom_follows_the_geometry():
 def test_detector_round_trip_through_augment_keeps_photons_at_zero_noise_and_thresholds_noise():
     exact = {"p": 1.0, "gain_spread": [0.0, 0.0], "dark_noise_photons": [0.0, 0.0],
              "common_mode_photons": [0.0, 0.0], "saturation_p": 0.0, "dead_fraction": [0.0, 0.0],
-             "hot_fraction": [0.0, 0.0], "charge_sharing": [0.0, 0.0], "threshold": [0.5, 0.5]}
+             "hot_fraction": [0.0, 0.0], "charge_sharing": [0.0, 0.0], "threshold": [0.5, 0.5],
+             "correct_common_mode_p": 0.0}  # (the correction of dense rows: test_realism_detector)
     x = torch.poisson(torch.full((8, 24, 24), 3.0), generator=gen(2))
     y, bad = SpeckleAugment(only(realism={**OFF, "p": 1.0, "detector": exact}))(x, generator=gen(3))
     assert torch.equal(y, x) and not bad.any()

@@ -128,3 +128,17 @@ def test_config_errors_name_the_key():
         DetectorResponseConfig(threshold=[0.0, 0.5])
     with pytest.raises(ValueError, match="below 1 photon"):
         DetectorResponseConfig(threshold=[0.5, 1.0])
+
+
+def test_common_mode_correction_keeps_the_dense_rows_of_a_strong_pattern():
+    # a bright pattern: rows through the centre are mostly lit, a plain row median would remove photons
+    yy, xx = torch.meshgrid(torch.arange(64.0) - 31.5, torch.arange(64.0) - 31.5, indexing="ij")
+    rate = 6.0 * torch.exp(-(yy**2 + xx**2) / (2 * 14.0**2))
+    x = torch.poisson(rate.expand(20, 64, 64).contiguous(), generator=gen(11))
+    lit = (x > 0).float().mean(-1)
+    assert float(lit.max()) > 0.6  # some rows are more than half lit
+    a = 50.0
+    assert torch.equal(adu_to_photons(common_mode_correct(x * a, a), a), x)
+    off = 0.3 * a * torch.randn(20, 64, 1, generator=gen(12)).clamp(-2, 2)  # per-row offsets, <= 0.6 photon
+    fixed = adu_to_photons(common_mode_correct(x * a + off, a), a)
+    assert float((fixed != x).float().mean()) < 0.002

@@ -203,22 +203,23 @@ def photons_to_adu(photons: torch.Tensor, params: DetectorParams, *, panels: int
 
 
 def common_mode_correct(adu: torch.Tensor, adu_per_photon, *, bad: torch.Tensor | None = None,
-                        cut: float = 0.5) -> torch.Tensor:
+                        cut: float = 0.5, quantile: float = 0.05) -> torch.Tensor:
     """Subtract each row's common mode, estimated from its empty (zero-photon) pixels.
 
-    Two medians over the row's good pixels: ``m1`` of all of them (the zero-photon peak holds
-    most pixels of a sparse diffraction row), then ``m2`` of those within ``cut`` photons of
-    ``m1``; ``m2`` is subtracted. Offsets of any size are recovered as long as fewer than half
-    of a row's pixels hold photons (denser rows are biased, as with beamline software). A row
-    with no good pixel is left as is. ``adu_per_photon``: scalar or ``(N,)``.
+    The zero-photon peak is the lowest peak of a row's values: start from the row's ``quantile``
+    (which lies in that peak when at least that fraction of the row is empty, true of any SPI
+    frame however bright its centre, and whatever the offset), then twice take the median of the
+    good pixels within ``cut`` photons of the current estimate; the result is subtracted. A row
+    without good pixels is left as is. ``adu_per_photon``: scalar or ``(N,)``.
     """
     a = _col(adu_per_photon, adu)
     nan = torch.full_like(adu, float("nan"))
     good = torch.ones_like(adu, dtype=torch.bool) if bad is None else ~bad
-    m1 = torch.nanmedian(torch.where(good, adu, nan), dim=-1, keepdim=True).values
-    near = good & ((adu - m1).abs() < cut * a)
-    m2 = torch.nanmedian(torch.where(near, adu, nan), dim=-1, keepdim=True).values
-    return adu - torch.nan_to_num(m2, nan=0.0)
+    est = torch.nanquantile(torch.where(good, adu, nan), quantile, dim=-1, keepdim=True)
+    for _ in range(2):
+        near = good & ((adu - est).abs() < cut * a)
+        est = torch.nanmedian(torch.where(near, adu, nan), dim=-1, keepdim=True).values
+    return adu - torch.nan_to_num(est, nan=0.0)
 
 
 def adu_to_photons(adu, adu_per_photon, threshold=0.5, *, common_mode: bool = False, bad=None,
