@@ -10,9 +10,11 @@ A shot is one of (see :data:`simulate.labels.HIT_CLASSES`):
 * ``non_sample``: parasitic scattering unlike the sample (a large droplet, possibly
   ellipsoidal, with an optional streak from a rod-like object).
 
-Noise, in order: fluence multiplier (shot-to-shot), optional beam-centre jitter, Poisson
-photon counting, additive Gaussian read noise (photons). Masked pixels (gap, beam stop)
-read 0.
+Noise, in order: fluence multiplier (shot-to-shot), optional beam-centre jitter, optional
+beam realism on the expected intensity (bandwidth, partial coherence), Poisson photon counting,
+additive Gaussian read noise (photons), optional detector realism (background photons, the
+detector's ADU round trip); see :mod:`speckle_embed.realism` and ``docs/realism.md``. Masked
+pixels (gap, beam stop, layout preset, flagged dead/hot pixels) read 0.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .geometry import detector_mask, intensity_scale, reciprocal_vectors
+from speckle_embed.realism import RealismConfig, apply_beam_realism, apply_detector_realism, get_preset
+
+from .geometry import MASK_INVALID, detector_mask, intensity_scale, reciprocal_vectors
 from .labels import HIT_CLASSES
 from .rotations import quaternion_to_matrix, random_quaternions
 
@@ -84,12 +88,36 @@ class NoiseConfig:
         Standard deviation of the beam-centre position per shot, pixels (0 = off).
     background_photons : float
         Mean diffuse background per pixel (gas/jet scattering), photons, before Poisson.
+    realism : dict, optional
+        Real-detector effects (:class:`speckle_embed.realism.RealismConfig` fields): ``beam``
+        acts on the expected intensity before Poisson, ``background`` and ``detector`` on the
+        photon frame after it. A section is on only if given (``{}`` = its default ranges);
+        ``layout`` (random per-frame layouts) must stay null: a shard has one mask, use
+        ``layout_preset``.
+    layout_preset : str, optional
+        Name of a :data:`speckle_embed.realism.PRESETS` detector whose mask is added to the
+        geometry's (``MASK_INVALID``); its ``n_pixels`` must equal the geometry's.
     """
 
     poisson: bool = True
     gaussian_sigma: float = 0.15
     beam_center_jitter_px: float = 0.0
     background_photons: float = 0.0
+    realism: dict | None = None
+    layout_preset: str | None = None
+
+    def realism_config(self) -> RealismConfig | None:
+        """The :class:`RealismConfig` of ``realism`` (sections not given are off), or None."""
+        if self.realism is None:
+            return None
+        if not isinstance(self.realism, dict):
+            raise ValueError(f"noise.realism must be a mapping of RealismConfig fields, got {self.realism!r}")
+        cfg = RealismConfig.from_dict({"background": None, "detector": None, "layout": None, "beam": None,
+                                       **self.realism})
+        if cfg.layout is not None:
+            raise ValueError("noise.realism.layout must be null in a dataset config (a shard holds one "
+                             "mask): use noise.layout_preset or geometry.gap_px / beamstop_px")
+        return cfg
 
 
 @dataclass
@@ -167,6 +195,13 @@ class ShotGenerator:
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator(device=engine.device).manual_seed(int(seed))
         self.mask = detector_mask(self.geometry)
+        self.realism = self.noise.realism_config()
+        if self.noise.layout_preset:
+            preset = get_preset(self.noise.layout_preset).mask()
+            if preset.shape != self.mask.shape:
+                raise ValueError(f"noise.layout_preset={self.noise.layout_preset!r} has a {preset.shape} mask, "
+                                 f"the geometry {self.mask.shape}: set geometry.n_pixels={preset.shape[0]}")
+            self.mask = self.mask | np.where(preset, MASK_INVALID, 0).astype(self.mask.dtype)
         self._dead = torch.as_tensor(self.mask != 0, device=engine.device)
         self._scale32 = engine.scale.to(torch.float32)
 
@@ -197,7 +232,8 @@ class ShotGenerator:
                 expected = self._parasitic_intensity(q, scale)
             else:
                 expected = torch.zeros_like(scale)
-            frame = self._add_noise(expected * float(fluence[i]))
+            centre = ((H - 1) / 2 + float(offsets[i, 0]), (W - 1) / 2 + float(offsets[i, 1]))
+            frame = self._add_noise(expected * float(fluence[i]), centre)
             frames[i] = frame.masked_fill_(self._dead, 0.0).cpu().numpy()
         truth = {
             "hit_class": classes.astype(np.int8),
@@ -253,12 +289,18 @@ class ShotGenerator:
                                      * torch.exp(-(math.pi * perp * width) ** 2)) ** 2
         return intensity * scale
 
-    def _add_noise(self, expected: torch.Tensor) -> torch.Tensor:
+    def _add_noise(self, expected: torch.Tensor, centre=None) -> torch.Tensor:
+        """Noisy frame (H, W) photons from the expected one; ``centre`` = beam centre (row, col) px."""
         lam = expected.to(torch.float32)
+        if self.realism is not None:
+            lam = apply_beam_realism(lam[None], self.realism, generator=self.torch_gen, center=centre)[0]
         if self.noise.background_photons:
             lam = lam + self.noise.background_photons
         out = torch.poisson(lam, generator=self.torch_gen) if self.noise.poisson else lam
         if self.noise.gaussian_sigma:
             out = out + self.noise.gaussian_sigma * torch.randn(
                 out.shape, generator=self.torch_gen, device=out.device, dtype=out.dtype)
+        if self.realism is not None:
+            out = apply_detector_realism(out[None], self._dead[None], self.realism, generator=self.torch_gen,
+                                         center=centre)[0][0]
         return out

@@ -3,12 +3,16 @@
 A detector frame (photons, any size) becomes a model input in four steps, all in torch so
 they run on the model's device:
 
+0. (optional) **ADU -> photons**: frames in calibrated, pedestal-subtracted ADU are converted with
+   ``adu_per_photon`` and a ``threshold`` (:func:`speckle_embed.realism.adu_to_photons`);
 1. **mask**: pixels flagged in the mask (non-zero CXI bits, or ``True``) and non-finite
    pixels are treated as missing;
 2. **geometry**: the frame is resampled about its beam centre by ``scale`` (output pixel =
    ``scale`` input pixels) and the central ``input_size x input_size`` window is kept. With
    ``scale = crop / input_size`` this is the plain central crop (``crop = input_size``) or a
-   crop followed by binning;
+   crop followed by binning. A frame smaller than the window (e.g. a 128x128 frame at
+   ``scale=2`` for a 96-pixel input, whose window covers 192 input pixels) is padded: the
+   pixels outside the frame count as missing, like masked ones;
 3. **intensity**: ``log1p`` of the photon counts (negative read noise clipped at 0), then
    standardised per frame over its valid pixels (zero mean, unit variance), which makes the
    embedding insensitive to the shot-to-shot fluence;
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from speckle_embed.realism import adu_to_photons
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,11 @@ def resample_center(frames: torch.Tensor, valid: torch.Tensor, out_size: int, sc
     vf = valid.to(frames.dtype)
     data = torch.stack([torch.where(valid, frames, torch.zeros_like(frames)), vf], 1)  # (N,2,H,W)
     k = max(int(round(scale)), 1)
+    # The outside of the frame is missing data, exactly like masked pixels: pad k zero-weight
+    # pixels so that the box filter near the frame edge sees them as such (a window that
+    # overhangs the frame then gives what a larger, masked canvas would).
+    data = F.pad(data, (k, k, k, k))
+    h, w, cy, cx = h + 2 * k, w + 2 * k, cy + k, cx + k
     if k > 1:  # pre-filter by average pooling so each output pixel averages ~scale^2 inputs
         data = F.avg_pool2d(data, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
         data = data[..., :h, :w]
@@ -135,7 +146,7 @@ def normalise(frames: torch.Tensor, valid: torch.Tensor, *, log: bool = True, ep
 
 
 def preprocess(frames, prep: Preprocessing, *, mask=None, center=None, scale=None,
-               device=None) -> torch.Tensor:
+               device=None, adu_per_photon=None, threshold: float = 0.5) -> torch.Tensor:
     """Frames (photons) -> model input.
 
     Parameters
@@ -149,6 +160,11 @@ def preprocess(frames, prep: Preprocessing, *, mask=None, center=None, scale=Non
     scale : float, optional
         Input pixels per model pixel (default ``prep.scale``: the training crop).
     device : torch.device, optional
+    adu_per_photon : float, optional
+        Frames are calibrated ADU (pedestal-subtracted), not photons: convert them first with
+        this gain (ADU of one photon at the beam energy) and ``threshold``.
+    threshold : float
+        Photon-conversion threshold in photons, in (0, 1) (used with ``adu_per_photon`` only).
 
     Returns
     -------
@@ -160,6 +176,11 @@ def preprocess(frames, prep: Preprocessing, *, mask=None, center=None, scale=Non
     if x.ndim != 3:
         raise ValueError(f"frames must have shape (N, H, W) or (H, W), got {tuple(x.shape)}")
     x = x.to(device=device or x.device, dtype=torch.float32)
+    if adu_per_photon is not None:
+        if not float(adu_per_photon) > 0 or not 0 < float(threshold) < 1:
+            raise ValueError(f"preprocess: need adu_per_photon > 0 and 0 < threshold < 1, got "
+                             f"{adu_per_photon!r}, {threshold!r}")
+        x = torch.where(torch.isfinite(x), adu_to_photons(x, float(adu_per_photon), float(threshold)), x)
     valid = _valid_mask(x, mask)
     x, valid = resample_center(x, valid, prep.input_size, prep.scale if scale is None else float(scale), center)
     return normalise(x, valid, log=prep.log, eps=prep.eps)[:, None]

@@ -17,11 +17,23 @@ Operations, in the order they are applied (each on a frame with its own probabil
    folds factors into ``f <= 1`` (``min(f, 1/f)``) so that only the exact branch is used.
 2. **geometry**, one resampling for all three: in-plane **rotation** by a random angle about
    the beam centre (a rotation of the particle about the beam axis), **zoom** by a factor in
-   ``[1 - range, 1 + range]`` (a change of detector distance / particle size) and **shift**
+   ``[1 - range, 1 + range]``, or log-uniform in ``[min, max]`` when both are set (a change of
+   detector distance, pixel size, binning or particle size: real setups put ~2 to 12+ pixels
+   across a speckle; ``min=0.5, max=2.5`` covers that from frames with ~4-5 pixel speckles;
+   below ``zoom = 2/3`` the input is box-filtered over ``round(1/zoom)`` pixels first, as a
+   binned detector integrates, instead of aliasing the speckles) and **shift**
    of the beam centre by up to ``fraction`` of the frame side. The output is the
    ``out_size`` window around the beam centre (usually the preprocessing crop, which saves
    work); pixels that come from outside the detector or from bad pixels are bad.
    Interpolation is bilinear over good pixels only (or nearest).
+   Then **realism** (off by default, ``p = 0``): real-detector effects of
+   :mod:`speckle_embed.realism` drawn per frame from the ranges of a
+   :class:`~speckle_embed.realism.RealismConfig` (background photons from gas/aerosol,
+   streaks, halo and stray light about the beam centre; the detector round trip photons -> ADU ->
+   photons with gain spread, dark noise, common mode (+ correction), saturation, dead/hot pixels,
+   charge sharing and a conversion threshold; random layouts: gaps, beam stops with holder
+   arms, missing panels). Its ``beam`` section must be null: bandwidth and coherence act on
+   expected intensities, so they belong to the simulator (``docs/realism.md``).
 3. **Poisson** background: ``Poisson(lambda)`` photons per pixel, ``lambda ~ U(0, max_rate)``.
 4. **Gaussian** read noise: ``N(0, sigma^2)`` photons, ``sigma ~ U(0, max_sigma)``.
 5. **patches**: 1 .. ``max_count`` random rectangles (sides ``min_size .. max_size`` of the
@@ -51,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speckle_embed.realism import RealismConfig, apply_detector_realism
+
 __all__ = [
     "AugmentConfig",
     "RotationConfig",
@@ -74,9 +88,12 @@ class RotationConfig:
 
 @dataclass
 class ZoomConfig:
-    """Magnification ``U(1 - range, 1 + range)`` about the beam centre."""
+    """Magnification ``U(1 - range, 1 + range)`` about the beam centre, or log-uniform in
+    ``[min, max]`` when both are set (they then replace ``range``)."""
     p: float = 0.5
     range: float = 0.1
+    min: float | None = None
+    max: float | None = None
 
 
 @dataclass
@@ -129,7 +146,7 @@ class DropoutConfig:
 _SECTIONS = {
     "rotation": RotationConfig, "zoom": ZoomConfig, "shift": ShiftConfig,
     "fluence": FluenceConfig, "poisson": PoissonConfig, "gaussian": GaussianConfig,
-    "patches": PatchesConfig, "dropout": DropoutConfig,
+    "patches": PatchesConfig, "dropout": DropoutConfig, "realism": RealismConfig,
 }
 
 
@@ -150,6 +167,7 @@ class AugmentConfig:
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    realism: RealismConfig = field(default_factory=lambda: RealismConfig(p=0.0))
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
@@ -165,6 +183,13 @@ class AugmentConfig:
             raise ValueError(f"augment.interpolation must be bilinear or nearest, got {self.interpolation!r}")
         if not 0.0 <= self.zoom.range < 1.0:
             raise ValueError(f"augment.zoom.range must be in [0, 1), got {self.zoom.range}")
+        if (self.zoom.min is None) != (self.zoom.max is None):
+            raise ValueError("augment.zoom.min and augment.zoom.max must be set together (or both null)")
+        if self.zoom.min is not None and not 0.0 < float(self.zoom.min) <= float(self.zoom.max):
+            raise ValueError(f"augment.zoom needs 0 < min <= max, got min={self.zoom.min}, max={self.zoom.max}")
+        if self.realism.beam is not None:
+            raise ValueError("augment.realism.beam must be null: bandwidth and coherence act on expected "
+                             "intensities; set them in the dataset config's realism section")
         if self.dropout.mode not in ("quadrants", "panels", "either"):
             raise ValueError(f"augment.dropout.mode must be quadrants, panels or either, got {self.dropout.mode!r}")
         if not 0.0 < self.dropout.keep_fraction <= 1.0:
@@ -300,13 +325,22 @@ class SpeckleAugment(nn.Module):
         u = self._rand(n, generator, dev, 8)  # fixed draws: p x3, angle, zoom, dy, dx, spare
         angle = torch.where(u[:, 0] < c.rotation.p, (2 * u[:, 3] - 1) * math.radians(c.rotation.max_deg),
                             torch.zeros_like(u[:, 3]))
-        zoom = torch.where(u[:, 1] < c.zoom.p, 1 + (2 * u[:, 4] - 1) * c.zoom.range, torch.ones_like(u[:, 4]))
+        if c.zoom.min is None:
+            factor = 1 + (2 * u[:, 4] - 1) * c.zoom.range
+        else:  # log-uniform in [min, max]
+            lo, hi = math.log(float(c.zoom.min)), math.log(float(c.zoom.max))
+            factor = torch.exp(lo + u[:, 4] * (hi - lo))
+        zoom = torch.where(u[:, 1] < c.zoom.p, factor, torch.ones_like(u[:, 4]))
         shift = torch.where((u[:, 2] < c.shift.p)[:, None],
                             (2 * u[:, 5:7] - 1) * c.shift.fraction * torch.tensor([h, w], device=dev, dtype=u.dtype),
                             torch.zeros_like(u[:, 5:7]))
         x, bad = self.geometry(x, bad, out_size=out, angle=angle, zoom=zoom, shift=shift, center=center)
         # 2. fluence (on the window: only the pixels the model sees)
         x = self.fluence(x, generator=generator)
+        # realism (no random numbers drawn at p = 0: older configs give the same frames)
+        if c.realism.p > 0:
+            beam = self.beam_center_in_window(x.shape, angle, zoom, shift)
+            x, bad = apply_detector_realism(x, bad, c.realism, generator=generator, center=beam)
         # 3-4. additive noise
         x = self.add_noise(x, generator=generator)
         # 5-6. masking
@@ -315,6 +349,20 @@ class SpeckleAugment(nn.Module):
         return torch.where(bad, torch.zeros_like(x), x), bad
 
     # ------------------------------------------------------------------ operations
+    @staticmethod
+    def beam_center_in_window(shape, angle, zoom, shift) -> torch.Tensor:
+        """(N, 2) beam centre (row, col) in the output window of :meth:`geometry`.
+
+        The window pixel at offset ``d`` from its centre shows the input at
+        ``center + shift + M d / zoom``, so the beam centre sits at ``d = -zoom M^T shift``.
+        """
+        _, ho, wo = shape
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        sy, sx = shift[:, 0], shift[:, 1]
+        dy = -zoom * (cos * sy - sin * sx)
+        dx = -zoom * (sin * sy + cos * sx)
+        return torch.stack([(ho - 1) / 2 + dy, (wo - 1) / 2 + dx], 1).float()
+
     def fluence(self, x: torch.Tensor, *, generator=None) -> torch.Tensor:
         """Fluence jitter (binomial thinning for factors < 1); see the module notes."""
         c = self.config.fluence
@@ -356,12 +404,23 @@ class SpeckleAugment(nn.Module):
         dx = (torch.arange(wo, device=dev, dtype=fdt) - (wo - 1) / 2)[None, None, :]
         cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
         inv = (1.0 / zoom)[:, None, None]
-        rows = cy + shift[:, 0, None, None] + (cos * dy + sin * dx) * inv
-        cols = cx + shift[:, 1, None, None] + (-sin * dy + cos * dx) * inv
+        # zoom-out by >= 1.5x box-filters over k = round(1/zoom) pixels below; an even k puts
+        # the filtered pixel j at input j - 1/2, hence the half-pixel offset
+        k = torch.round(1.0 / zoom.clamp_min(1e-3)).long()
+        half = torch.where((k >= 2) & (k % 2 == 0), 0.5, 0.0).to(fdt)[:, None, None]
+        rows = cy + shift[:, 0, None, None] + (cos * dy + sin * dx) * inv + half
+        cols = cx + shift[:, 1, None, None] + (-sin * dy + cos * dx) * inv + half
         grid = torch.stack([cols / max(w - 1, 1) * 2 - 1, rows / max(h - 1, 1) * 2 - 1], -1).to(x.dtype)
         data = torch.empty((n, 2, h, w), device=dev, dtype=x.dtype)
         data[:, 0] = x  # already 0 at bad pixels
         data[:, 1] = ~bad
+        # zoom-out by >= 1.5x: box-filter over k pixels first (area integration as a coarser /
+        # farther detector does, and no aliasing of the speckles); the weights follow
+        for size in sorted({int(v) for v in k.unique().tolist() if v >= 2}):
+            sel = torch.nonzero(k == size)[:, 0]
+            pooled = F.avg_pool2d(data[sel], kernel_size=size, stride=1, padding=size // 2,
+                                  count_include_pad=False)[..., :h, :w]
+            data[sel] = pooled
         mode = self.config.interpolation
         res = F.grid_sample(data, grid, mode=mode, padding_mode="zeros", align_corners=True)
         weight = res[:, 1]
