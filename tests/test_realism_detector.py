@@ -142,3 +142,18 @@ def test_common_mode_correction_keeps_the_dense_rows_of_a_strong_pattern():
     off = 0.3 * a * torch.randn(20, 64, 1, generator=gen(12)).clamp(-2, 2)  # per-row offsets, <= 0.6 photon
     fixed = adu_to_photons(common_mode_correct(x * a + off, a), a)
     assert float((fixed != x).float().mean()) < 0.002
+
+
+def test_panel_common_mode_is_removed_by_the_per_panel_correction():
+    a = 40.0
+    p = sample_detector(6, cfg(adu_per_photon=[a, a], common_mode_photons=[0.4, 0.4], common_mode="panel",
+                               dark_noise_photons=[0.05, 0.05]), generator=gen(13))
+    x = torch.poisson(torch.full((6, 48, 50), 0.05), generator=gen(14))  # 50 columns: uneven panels
+    adu = photons_to_adu(x, p, panels=4, generator=gen(15))
+    per_row = float((adu_to_photons(common_mode_correct(adu, a), a) != x).float().mean())
+    per_panel = float((adu_to_photons(common_mode_correct(adu, a, segments=4), a) != x).float().mean())
+    assert per_panel < 0.002 < per_row  # a row spans 4 panels with different offsets
+    y, _ = detector_round_trip(x, nobad(x), cfg(adu_per_photon=[a, a], common_mode_photons=[0.4, 0.4],
+                                                common_mode="panel", dark_noise_photons=[0.05, 0.05],
+                                                correct_common_mode_p=1.0), generator=gen(16))
+    assert float((y != x).float().mean()) < 0.002

@@ -203,15 +203,31 @@ def photons_to_adu(photons: torch.Tensor, params: DetectorParams, *, panels: int
 
 
 def common_mode_correct(adu: torch.Tensor, adu_per_photon, *, bad: torch.Tensor | None = None,
-                        cut: float = 0.5, quantile: float = 0.05) -> torch.Tensor:
-    """Subtract each row's common mode, estimated from its empty (zero-photon) pixels.
+                        cut: float = 0.5, quantile: float = 0.05, segments: int = 1) -> torch.Tensor:
+    """Subtract the common mode of each row (or of each row segment of a panel), estimated from
+    its empty (zero-photon) pixels.
 
     The zero-photon peak is the lowest peak of a row's values: start from the row's ``quantile``
     (which lies in that peak when at least that fraction of the row is empty, true of any SPI
     frame however bright its centre, and whatever the offset), then twice take the median of the
-    good pixels within ``cut`` photons of the current estimate; the result is subtracted. A row
-    without good pixels is left as is. ``adu_per_photon``: scalar or ``(N,)``.
+    good pixels within ``cut`` photons of the current estimate; the result is subtracted.
+    ``segments > 1`` splits each row into that many column blocks (columns ``c`` with
+    ``c * segments // W == j``, the panels of :func:`photons_to_adu`) corrected separately, as
+    per-ASIC software does. A row (segment) without good pixels is left as is.
+    ``adu_per_photon``: scalar or ``(N,)``.
     """
+    w = adu.shape[-1]
+    if int(segments) > 1:
+        out = torch.empty_like(adu)
+        cols = torch.arange(w) * int(segments) // w
+        for j in range(int(segments)):
+            idx = torch.nonzero(cols == j)[:, 0]
+            if idx.numel():
+                sl = slice(int(idx[0]), int(idx[-1]) + 1)
+                out[..., sl] = common_mode_correct(adu[..., sl], adu_per_photon,
+                                                   bad=None if bad is None else bad[..., sl],
+                                                   cut=cut, quantile=quantile)
+        return out
     a = _col(adu_per_photon, adu)
     nan = torch.full_like(adu, float("nan"))
     good = torch.ones_like(adu, dtype=torch.bool) if bad is None else ~bad
@@ -301,9 +317,11 @@ def detector_round_trip(photons: torch.Tensor, bad: torch.Tensor, config: Detect
     adu = photons_to_adu(x, params, panels=int(config.panels), generator=generator)
     adu = adu.masked_fill(dead, 0.0)
     new_bad = bad | flagged
-    fix = torch.nonzero(params.correct)[:, 0]
-    if fix.numel():  # common-mode correction only on the frames whose software does it
-        adu[fix] = common_mode_correct(adu[fix], params.adu_per_photon[fix], bad=new_bad[fix])
+    for panel in (False, True):  # correction only on the frames whose software does it, per row / per panel
+        fix = torch.nonzero(params.correct & (params.panel_mode == panel))[:, 0]
+        if fix.numel():
+            adu[fix] = common_mode_correct(adu[fix], params.adu_per_photon[fix], bad=new_bad[fix],
+                                           segments=int(config.panels) if panel else 1)
     out = adu_to_photons(adu, params.adu_per_photon, params.threshold)
     use = params.use.reshape(-1, 1, 1)
     out = torch.where(use, out, photons)
