@@ -35,6 +35,7 @@ import numpy as np
 
 from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.embedder import SpeckleEmbedder, file_hash
+from speckle_embed.estimator import NotFittedError
 from speckle_embed.fewshot_rules import (
     RULES,
     UNKNOWN,
@@ -52,10 +53,6 @@ __all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "Class
 CLASSIFIER_FORMAT = "speckle_embed-classifier-1"
 _JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
 _DEFAULT_TEMPERATURE = {"mean_distance": 0.1, "prototype": 0.1, "knn": 1.0}
-
-
-class NotFittedError(ValueError, AttributeError):
-    """The classifier has no supports yet: call ``fit`` or ``register`` first (as scikit-learn's)."""
 
 
 class ClassifierFileError(ValueError):
