@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from speckle_embed.data.h5dataset import (HIT_CLASSES, SHARD_SUFFIXES, DatasetError, ShardIndex,
                                           open_dataset)
+from speckle_embed.paths import absolute_path
 
 from .config import DataConfig, EvalConfig
 from .split import frames_of_structures, split_by_class, split_by_structure
@@ -41,11 +41,6 @@ DEFAULT_GENERATE = {
     "device": "cpu",
     "threads": None,
 }
-
-
-def _absolute(path, base: Path) -> Path:
-    p = Path(os.path.expanduser(os.fspath(path)))
-    return p if p.is_absolute() else base / p
 
 
 def _has_shards(path: Path) -> bool:
@@ -168,7 +163,7 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
     ValueError
         No labelled frames, a class with fewer than 2 frames, too few groups.
     """
-    dirs = [_absolute(d, base_dir) for d in cfg.dirs]
+    dirs = [absolute_path(d, base_dir) for d in cfg.dirs]
     ensure_dataset(dirs, cfg.generate, enabled=cfg.generate_if_missing)
     index = open_dataset([str(d) for d in dirs], cfg.data_path, check_finite=True,
                          recursive=cfg.recursive, max_open_files=cfg.max_open_files,

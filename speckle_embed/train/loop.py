@@ -40,7 +40,6 @@ import csv
 import io
 import logging
 import math
-import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +51,10 @@ import numpy as np
 import torch
 
 from speckle_embed.atomic import save_figure_atomically
+from speckle_embed.device import resolve_device
 from speckle_embed.losses import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletLoss
 from speckle_embed.models import build_model, model_config
+from speckle_embed.paths import absolute_path
 from speckle_embed.preprocess import Preprocessing, preprocess
 
 from .augment import SpeckleAugment
@@ -89,7 +90,7 @@ def _load_init(spec: str, base_dir: Path) -> dict:
     if spec == "pretrained" or spec.startswith("pretrained:"):
         from speckle_embed.pretrained import DEFAULT_PRETRAINED, pretrained_checkpoint
         return pretrained_checkpoint(spec.partition(":")[2] or DEFAULT_PRETRAINED)
-    return load_checkpoint(_absolute(spec, base_dir), map_location="cpu", expand_compressed=True)
+    return load_checkpoint(absolute_path(spec, base_dir), map_location="cpu", expand_compressed=True)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -138,20 +139,6 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
-
-
-def _absolute(path, base: Path) -> Path:
-    p = Path(os.path.expanduser(os.fspath(path)))
-    return p if p.is_absolute() else base / p
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -278,7 +265,7 @@ class _Trainer:
         if self.dist.is_main:
             _remove_stale_temporaries(self.run_dir)
         self.base_dir = Path(cfg.base_dir).expanduser() if cfg.base_dir else Path.cwd()
-        self.device = self.dist.device(_resolve_device(cfg.device))
+        self.device = self.dist.device(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         if cfg.deterministic:
@@ -689,7 +676,7 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
         plain = to_plain(cfg)
         dist_config = DistributedConfig.from_dict(plain.pop("distributed", None))
         config = TrainConfig.from_dict(plain)
-    with init_distributed(dist_config, _resolve_device(config.device).type) as dist:
+    with init_distributed(dist_config, resolve_device(config.device).type) as dist:
         trainer = _Trainer(config, callbacks, dist)
         trainer.setup()
         trainer.maybe_resume()
