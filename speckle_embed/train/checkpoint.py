@@ -8,7 +8,6 @@ Python data or tensors, so every checkpoint loads with ``torch.load(weights_only
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any
