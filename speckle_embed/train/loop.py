@@ -61,7 +61,7 @@ from .augment import SpeckleAugment
 from .checkpoint import (CHECKPOINT_FORMAT, atomic_torch_save, atomic_write_text, get_rng_states,
                          load_checkpoint, set_rng_states)
 from .config import TrainConfig, to_plain
-from .data import TrainData, build_train_data
+from .data import DatasetGenerator, TrainData, build_train_data
 from .distributed import DistributedConfig, DistributedContext, init_distributed
 from .sampler import PKSampler
 
@@ -256,8 +256,9 @@ class _Trainer:
     """State of one run; :func:`train` is the public entry point."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callable] = (),
-                 dist: DistributedContext | None = None):
+                 dist: DistributedContext | None = None, dataset_generator: DatasetGenerator | None = None):
         self.cfg = cfg
+        self.dataset_generator = dataset_generator
         self.callbacks = list(callbacks)
         self.dist = dist or DistributedContext()
         self.run_dir = Path(cfg.run_dir).expanduser().resolve()
@@ -293,7 +294,8 @@ class _Trainer:
             raise ValueError(f"model.input_size {size} differs from preprocessing.input_size "
                              f"{self.prep.input_size}")
         with self.dist.main_first():  # rank 0 simulates a missing dataset before the others read it
-            self.data = build_train_data(cfg.data, cfg.eval, seed=cfg.seed, base_dir=self.base_dir)
+            self.data = build_train_data(cfg.data, cfg.eval, seed=cfg.seed, base_dir=self.base_dir,
+                                         generator=self.dataset_generator)
         self.model = build_model(mcfg)
         if init:
             self.model.load_state_dict(init["state_dict"])
@@ -643,7 +645,8 @@ class _Trainer:
         self._emit("epoch_end", epoch=row["epoch"], metrics=row)
 
 
-def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) -> TrainResult:
+def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = (),
+          dataset_generator: DatasetGenerator | None = None) -> TrainResult:
     """Train an embedding model (see the module notes).
 
     Parameters
@@ -658,6 +661,10 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
         ``callback(event, info)`` with ``event`` ``"step_end"`` or ``"epoch_end"``; ``info``
         has ``epoch``, ``global_step`` and the trainer. An exception raised by a callback
         stops the run (the checkpoints on disk stay valid).
+    dataset_generator : callable, optional
+        Simulates a missing dataset for ``data.generate_if_missing``
+        (:data:`~speckle_embed.train.data.DatasetGenerator`); :func:`speckle_embed.train.train`
+        passes the simulator's (:func:`speckle_embed.train.app.simulate_dataset`).
 
     Returns
     -------
@@ -677,7 +684,7 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
         dist_config = DistributedConfig.from_dict(plain.pop("distributed", None))
         config = TrainConfig.from_dict(plain)
     with init_distributed(dist_config, resolve_device(config.device).type) as dist:
-        trainer = _Trainer(config, callbacks, dist)
+        trainer = _Trainer(config, callbacks, dist, dataset_generator)
         trainer.setup()
         trainer.maybe_resume()
         return trainer.run()
