@@ -17,9 +17,10 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from speckle_embed.paths import absolute_path
 
 from .errors import GeometryError
 from .generate import generate_dataset
@@ -66,11 +67,6 @@ def _plain(cfg) -> tuple[dict, str]:
         raise TypeError(f"config must be a DictConfig or a mapping, got {type(cfg).__name__}")
     plain = copy.deepcopy(dict(cfg))
     return plain, OmegaConf.to_yaml(OmegaConf.create(plain))
-
-
-def _absolute(path, base: Path) -> Path:
-    p = Path(os.path.expanduser(os.fspath(path)))
-    return p if p.is_absolute() else Path(os.path.normpath(base / p))
 
 
 def _device(name: str) -> str:
@@ -120,7 +116,7 @@ def run(cfg, *, output_dir=None, base_dir=None):
     ds = c["dataset"]
     shards = c.get("run") or {}
     report = generate_dataset(
-        specs, geometry, out_dir=_absolute(c["out_dir"], base), n_frames=ds["n_frames"],
+        specs, geometry, out_dir=absolute_path(c["out_dir"], base), n_frames=ds["n_frames"],
         chunk=ds.get("chunk", 64), mix=ds.get("mix"), noise=ds.get("noise"),
         fluence=ds.get("fluence"), method=c.get("method", "fast"),
         oversampling=c.get("oversampling"), device=_device(c.get("device", "cpu")),
@@ -149,12 +145,12 @@ def _render(render_cfg: Mapping, base: Path, out_run: Path | None) -> Path:
     sources = source if isinstance(source, (list, tuple)) else [source]
     output = render_cfg.get("output")
     if output:
-        png = _absolute(output, base)
+        png = absolute_path(output, base)
     elif out_run is not None:
         png = out_run / EXAMPLES_NAME
     else:
         png = base / EXAMPLES_NAME
-    png = render_examples([_absolute(s, base) for s in sources], png,
+    png = render_examples([absolute_path(s, base) for s in sources], png,
                           per_class=render_cfg.get("per_class", 4), log=render_cfg.get("log", True))
     logger.info("examples: %s", png)
     print(png, flush=True)

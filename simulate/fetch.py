@@ -5,7 +5,8 @@
 source kind of :mod:`simulate.sources` read, so that
 ``python -m simulate source=pdb_shared source.directory=<cache>`` simulates them
 (``docs/fetch.md``).
-Only the standard library is used for the network (:mod:`urllib`); ``tqdm`` draws the bar.
+The transfer is pooch's (:class:`pooch.HTTPDownloader`, over ``requests``); this module adds
+what pooch does not do for a cache of PDB entries (below); ``tqdm`` draws the bar.
 
 The cache
 ---------
@@ -19,7 +20,9 @@ time it was recorded. The default folder is ``$SPECKLE_EMBED_CACHE``, else
   start like mmCIF (``data_``) or PDB (a PDB record name). It is written to a temporary
   sibling ``<name>.<pid>-<hex>.tmp``, fsync'ed and renamed with :func:`os.replace`; the manifest
   is replaced the same way. Killing the process (Ctrl-C included) leaves either the previous
-  file or the new one, never half a file.
+  file or the new one, never half a file. (Own atomic writer, not pooch's: pooch's temporaries
+  are ``tmpXXXX`` names that the project's clean-up cannot tell from a user's file, and it does
+  not fsync.)
 * A cached file whose sha256 matches its manifest entry is not downloaded again; one that does
   not (corrupt cache) is downloaded again. A valid file found in the cache without a manifest
   entry (copied in by hand, or downloaded by a process killed before it saved the manifest) is
@@ -33,7 +36,8 @@ Errors
 Network failures (no connection, timeouts, HTTP 5xx/429, a connection dropped mid-transfer) are
 retried ``retries`` times with exponential backoff (``backoff_s``, ``2 * backoff_s``, ...; a
 ``Retry-After`` header of up to a minute is honoured). HTTP 404 is not retried: "entry not found
-on the server". When an entry cannot be reached at all after every retry the machine is taken to
+on the server". (Own retry loop, not ``pooch.Pooch(retry_if_failed=)``: pooch retries every error,
+404 included, after fixed waits, and cannot tell "offline" from a dropped transfer.) When an entry cannot be reached at all after every retry the machine is taken to
 be offline: the remaining entries are served from the cache only, and the error says so and
 suggests copying the files into the cache. :func:`fetch_entries` raises :class:`FetchError`
 naming every failed ID (its ``report`` holds the entries that did arrive); :func:`fetch_all`
@@ -57,15 +61,16 @@ import os
 import re
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
+
+import pooch
+import requests
 
 from speckle_embed.atomic import replace_atomically, write_bytes_atomically
 
@@ -93,7 +98,8 @@ ID_PATTERN = re.compile(r"^[0-9][A-Za-z0-9]{3}$")
 _CHUNK = 1 << 16
 _MANIFEST_SAVE_EVERY_S = 5.0
 _RETRY_AFTER_MAX_S = 60.0
-_USER_AGENT = "speckle_embed-fetch/1 (python-urllib)"
+_HEADERS = {"User-Agent": "speckle_embed-fetch/2 (pooch)",
+            "Accept-Encoding": "identity"}  # keep the .gz bytes as served (no transparent decoding)
 _PDB_RECORDS = frozenset(
     "HEADER OBSLTE TITLE SPLIT CAVEAT COMPND SOURCE KEYWDS EXPDTA NUMMDL MDLTYP AUTHOR REVDAT "
     "SPRSDE JRNL REMARK DBREF DBREF1 SEQADV SEQRES MODRES HET HETNAM HETSYN FORMUL HELIX SHEET "
@@ -389,12 +395,7 @@ class _ContentCheck:
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
+    return pooch.file_hash(str(path), alg="sha256"), path.stat().st_size
 
 
 def _check_file(path: Path, fmt: str) -> None:
@@ -407,16 +408,40 @@ def _check_file(path: Path, fmt: str) -> None:
 
 
 # ---------------------------------------------------------------------------- download
+class _StreamingChecks:
+    """A binary file wrapper that hashes, counts and content-checks the bytes written to it
+    (what pooch's downloader writes chunk by chunk)."""
+
+    def __init__(self, fh, fmt: str):
+        self.fh, self.digest, self.size, self.check = fh, hashlib.sha256(), 0, _ContentCheck(fmt)
+
+    def write(self, chunk: bytes) -> int:
+        self.fh.write(chunk)
+        self.digest.update(chunk)
+        self.check.feed(chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost OS-level reason of a ``requests`` error ("[Errno 111] Connection refused")."""
+    match = re.search(r"\[Errno -?\d+\][^'\")]*", str(exc))
+    return match.group(0).strip() if match else f"{type(exc).__name__}: {exc}"
+
+
 class _Fetcher:
-    """Per-call state: opener, manifest, offline flag."""
+    """Per-call state: downloader, manifest, offline flag."""
 
     def __init__(self, cache_dir: Path, fmt: str, base_url: str, retries: int, backoff_s: float,
                  timeout_s: float, expected: dict[str, str], say):
         self.cache_dir, self.fmt, self.base_url = cache_dir, fmt, base_url
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
         self.expected, self.say = expected, say
-        # A fresh opener reads the proxy environment variables now (urlopen's is built once).
-        self.opener = urllib.request.build_opener()
+        self.download = pooch.HTTPDownloader(progressbar=False, chunk_size=_CHUNK, timeout=timeout_s,
+                                             headers=_HEADERS)
         self.manifest = _Manifest(cache_dir)
         self.offline_url: str | None = None
         self.offline_reason = ""
@@ -440,24 +465,25 @@ class _Fetcher:
             attempts += 1
             try:
                 sha, size = self._download(url, final, expected)
-            except urllib.error.HTTPError as exc:
-                exc.close()
-                if exc.code == 404:
+            except requests.HTTPError as exc:
+                code, response = exc.response.status_code, exc.response
+                response.close()
+                if code == 404:
                     hint = (" (the largest entries exist only as mmCIF: try --format cif)"
                             if self.fmt == "pdb" else "")
                     error = f"entry not found on the server (HTTP 404 for {url}){hint}"
                     break
-                error = f"HTTP {exc.code} {exc.reason} from {url}"
-                if not (exc.code >= 500 or exc.code in (408, 429)):
+                error = f"HTTP {code} {response.reason} from {url}"
+                if not (code >= 500 or code in (408, 429)):
                     break
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                delay = self._delay(attempt, retry_after)
-            except urllib.error.URLError as exc:  # no connection at all (refused, DNS, timeout)
-                error = f"cannot reach {url} ({exc.reason})"
+                delay = self._delay(attempt, response.headers.get("Retry-After"))
+            except requests.ConnectionError as exc:  # no connection at all (refused, DNS, connect timeout)
+                reason = _reason(exc)
+                error = f"cannot reach {url} ({reason})"
                 delay = self._delay(attempt)
                 if attempt == self.retries:
-                    self.offline_url, self.offline_reason = url, str(exc.reason)
-            except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+                    self.offline_url, self.offline_reason = url, reason
+            except (requests.RequestException, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 # Connected, but the transfer stalled or was cut (IncompleteRead...).
                 error = f"transfer from {url} failed ({type(exc).__name__}: {exc})"
                 delay = self._delay(attempt)
@@ -511,29 +537,21 @@ class _Fetcher:
         return sha, size
 
     def _download(self, url: str, final: Path, expected: str | None) -> tuple[str, int]:
-        """Stream ``url`` into a temporary sibling of ``final``, check it, rename it."""
-        digest, size = hashlib.sha256(), 0
-        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        """Stream ``url`` (pooch's downloader) into a temporary sibling of ``final``, check it,
+        rename it."""
+        result = {}
 
         def write(fh):
-            nonlocal size
-            check = _ContentCheck(self.fmt)
-            with self.opener.open(request, timeout=self.timeout_s) as response:
-                announced = response.headers.get("Content-Length")
-                while chunk := response.read(_CHUNK):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    check.feed(chunk)
-                    size += len(chunk)
-            # read(n) returns b"" when the connection drops early, without complaining.
-            if announced is not None and announced.isdigit() and size != int(announced):
-                raise http.client.IncompleteRead(b"", int(announced) - size)
-            check.finish()
-            if expected is not None and digest.hexdigest() != expected:
-                raise _Unusable(f"sha256 mismatch: expected {expected}, got {digest.hexdigest()}")
+            out = _StreamingChecks(fh, self.fmt)
+            self.download(url, out, None)   # a short body raises (requests' IncompleteRead check)
+            out.check.finish()
+            sha = out.digest.hexdigest()
+            if expected is not None and sha != expected:
+                raise _Unusable(f"sha256 mismatch: expected {expected}, got {sha}")
+            result.update(sha=sha, size=out.size)
 
         replace_atomically(write, final)
-        return digest.hexdigest(), size
+        return result["sha"], result["size"]
 
 
 # ---------------------------------------------------------------------------- public API

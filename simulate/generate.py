@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import glob
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import zlib
@@ -56,6 +54,7 @@ import numpy as np
 import torch
 
 from speckle_embed.formats import HIT_CLASSES, parse_tmp_name
+from speckle_embed.provenance import code_version
 
 from .dataset_io import (SHARD_FORMAT, TMP_SUFFIX, cleanup_partial, shard_is_complete, verify_shard,
                          write_shard)
@@ -188,28 +187,6 @@ def shot_seed(seed: int, name: str) -> int:
 def shard_path(out_dir, name: str) -> Path:
     """``<out_dir>/<name>.h5``."""
     return Path(out_dir) / f"{name}.h5"
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """``"speckle_embed <version>"`` plus `` git <commit>[-dirty]`` when the package sits
-    in a git checkout with git available (quietly omitted otherwise)."""
-    try:
-        from importlib.metadata import version
-        text = f"speckle_embed {version('speckle_embed')}"
-    except Exception:  # noqa: BLE001 - not installed (running from a source tree)
-        text = "speckle_embed unknown"
-    here = Path(__file__).resolve().parent
-    try:
-        def git(*args):
-            return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        text += f" git {commit}{'-dirty' if dirty else ''}"
-    except Exception:  # noqa: BLE001 - no git, not a checkout, timeout...
-        pass
-    return text
 
 
 @contextlib.contextmanager

@@ -54,6 +54,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from speckle_embed.paths import absolute_path
+
 from .errors import SimulationError, StructureError
 from .structure import Structure
 
@@ -235,14 +237,14 @@ def _pdb(cfg, base_dir: Path, where: str) -> list[StructureSpec]:
     if (directory is None) == (files is None):
         raise SourceConfigError(f"{where}: give exactly one of 'directory' or 'files'")
     if directory is not None:
-        directory = _absolute(directory, base_dir)
+        directory = absolute_path(directory, base_dir)
         paths = list_structure_files(directory)
         if not paths:
             raise StructureError(f"{directory}: no structure files (.pdb/.ent/.cif/.mmcif[.gz])")
     else:
         if isinstance(files, (str, bytes, os.PathLike)) or not isinstance(files, Sequence):
             raise SourceConfigError(f"{where}.files must be a list of paths, got {files!r}")
-        paths = [_absolute(p, base_dir) for p in files]
+        paths = [absolute_path(p, base_dir) for p in files]
     assembly = cfg.get("assembly", "auto")
     kwargs = {"assembly": assembly}
     if cfg.get("max_atoms") is not None:
@@ -272,11 +274,6 @@ def _pdb(cfg, base_dir: Path, where: str) -> list[StructureSpec]:
 def _pdb_spec(path: Path, name: str, read_structure, kwargs) -> StructureSpec:
     return StructureSpec(name, functools.partial(read_structure, path, name=name, **kwargs),
                          source=str(path), kind="pdb")
-
-
-def _absolute(path, base_dir: Path) -> Path:
-    p = Path(os.path.expanduser(os.fspath(path)))
-    return p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
 
 
 # ---------------------------------------------------------------------------- continuum

@@ -42,6 +42,7 @@ from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, load_adap
 from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
 from speckle_embed.embedder import SpeckleEmbedder
+from speckle_embed.estimator import NotFittedError
 from speckle_embed.fewshot_rules import (
     RULES,
     UNKNOWN,
@@ -62,10 +63,6 @@ _JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
 _ADAPTATION = "adaptation.npz"  # only when fit(..., unlabelled=) adapted the classifier
 _OWN_FILES = (_JSON, _INDEX, _EMBEDDER, _ADAPTATION)  # everything else in a classifier folder is the user's
 _DEFAULT_TEMPERATURE = {"mean_distance": 0.1, "prototype": 0.1, "knn": 1.0}
-
-
-class NotFittedError(ValueError, AttributeError):
-    """The classifier has no supports yet: call ``fit`` or ``register`` first (as scikit-learn's)."""
 
 
 class ClassifierFileError(ValueError):

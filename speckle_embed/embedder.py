@@ -76,7 +76,7 @@ from speckle_embed.checkpoint import (
 )
 from speckle_embed.frame_checks import check_frame_size, flat_inputs, warn_empty
 from speckle_embed.models import build_model, model_config
-from speckle_embed.preprocess import Preprocessing, preprocess
+from speckle_embed.preprocess import Preprocessing
 from speckle_embed.transfer import HostToDevice
 
 # CheckpointError, CHECKPOINT_FORMAT and file_hash are owned by speckle_embed.checkpoint (re-exported here)

@@ -33,6 +33,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from speckle_embed.atomic import write_bytes_atomically
+
 __all__ = ["SupportIndex", "gpu_available"]
 
 _METRICS = ("l2", "ip")
@@ -482,11 +484,9 @@ class SupportIndex:
         return self
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`serialize` bytes to ``path`` (via ``<path>.tmp`` then an atomic rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self.serialize())
-        os.replace(tmp, path)
+        """Write :meth:`serialize` bytes to ``path`` atomically (:func:`speckle_embed.atomic.write_bytes_atomically`:
+        a ``<name>.<pid>-<hex>.tmp`` sibling, fsync, rename)."""
+        write_bytes_atomically(self.serialize(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, use_gpu: bool | str = "auto") -> "SupportIndex":

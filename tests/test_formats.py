@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import speckle_embed.formats as formats
 import simulate.dataset_io
 import simulate.labels
@@ -50,8 +52,8 @@ def test_tmp_names_round_trip_and_reject_user_files():
 
 
 def test_simulate_imports_only_core_modules():
-    """simulate/ may import speckle_embed.formats and speckle_embed.atomic, nothing else."""
-    allowed = {"speckle_embed.formats", "speckle_embed.atomic"}
+    """simulate/ may import the core modules (standard library only), nothing else."""
+    allowed = {"speckle_embed.formats", "speckle_embed.atomic", "speckle_embed.paths", "speckle_embed.provenance"}
     found = set()
     for p in (ROOT / "simulate").rglob("*.py"):
         for line in p.read_text().splitlines():
@@ -59,6 +61,15 @@ def test_simulate_imports_only_core_modules():
             if len(words) >= 2 and words[0] in ("from", "import") and words[1].startswith("speckle_embed"):
                 found.add(words[1].rstrip(","))
     assert found <= allowed, found - allowed
+
+
+@pytest.mark.parametrize("module", ["paths", "provenance"])
+def test_helper_core_modules_import_nothing_from_the_package(module):
+    code = (f"import sys, speckle_embed.{module}; "
+            "print(sorted(m for m in sys.modules if m.startswith('speckle_embed')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == f"['speckle_embed', 'speckle_embed.{module}']"
 
 
 def test_formats_imports_nothing_from_the_package():

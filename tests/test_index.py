@@ -174,6 +174,24 @@ def _save_load(index, tmp_path):
     return SupportIndex.load(path, use_gpu=False)
 
 
+def test_save_is_atomic_and_leaves_other_tmp_files_alone(data, tmp_path, monkeypatch):
+    """save() writes its own <name>.<pid>-<hex>.tmp, fsyncs it, and never touches a user's .tmp file."""
+    import speckle_embed.atomic
+
+    x, y, _ = data
+    index = SupportIndex(x.shape[1], use_gpu=False)
+    index.add(x, y)
+    user = tmp_path / "support.idx.tmp"
+    user.write_text("a user's notes")
+    synced = []
+    real_fsync = speckle_embed.atomic.os.fsync
+    monkeypatch.setattr(speckle_embed.atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    index.save(tmp_path / "support.idx")
+    assert synced and user.read_text() == "a user's notes"
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["support.idx", "support.idx.tmp"]
+    assert SupportIndex.load(tmp_path / "support.idx", use_gpu=False).ntotal == index.ntotal
+
+
 def test_deserialize_garbage_raises():
     with pytest.raises(ValueError, match="not a serialized SupportIndex"):
         SupportIndex.deserialize(b"definitely not an index")

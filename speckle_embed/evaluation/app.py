@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,25 +34,11 @@ from speckle_embed.evaluation.labelled import load_labelled_sets
 from speckle_embed.evaluation.offline import fluence_scan, kshot_protocol, size_table, tsne_embeddings
 from speckle_embed.evaluation.online import online_protocol
 from speckle_embed.evaluation.report import Report
+from speckle_embed.provenance import code_version
 
 __all__ = ["run", "code_version", "load_embedder"]
 
 _CLASS_NAMES = {1: "single", 2: "multi", 3: "non-sample"}
-
-
-def code_version() -> str:
-    """``speckle_embed <version> git <commit>[+dirty]`` of the installed package."""
-    from speckle_embed import __version__
-
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    return f"speckle_embed {__version__}" + (f" git {commit}{'+dirty' if dirty else ''}" if commit else "")
 
 
 def load_embedder(checkpoint: str, device: str = "cpu", base_dir: str | None = None, *,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,12 @@ import torch
 
 from speckle_embed.data.h5dataset import (HIT_CLASSES, SHARD_SUFFIXES, DatasetError, ShardIndex,
                                           open_dataset)
+from speckle_embed.paths import absolute_path
 
 from .config import DataConfig, EvalConfig
 from .split import frames_of_structures, split_by_class, split_by_structure
 
-__all__ = ["TrainData", "build_train_data", "ensure_dataset", "DEFAULT_GENERATE"]
+__all__ = ["TrainData", "build_train_data", "ensure_dataset", "DEFAULT_GENERATE", "DatasetGenerator"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,6 @@ DEFAULT_GENERATE = {
 }
 
 
-def _absolute(path, base: Path) -> Path:
-    p = Path(os.path.expanduser(os.fspath(path)))
-    return p if p.is_absolute() else base / p
-
-
 def _has_shards(path: Path) -> bool:
     if path.is_file():
         return True
@@ -56,10 +52,22 @@ def _has_shards(path: Path) -> bool:
     return any(q.is_file() for s in SHARD_SUFFIXES for q in path.glob(f"*{s}"))
 
 
-def ensure_dataset(dirs: list[Path], generate: dict | None, *, enabled: bool) -> None:
-    """Simulate a small procedural dataset into ``dirs[0]`` if it holds no shard.
+#: ``generate(target_dir, settings)``: simulate a dataset into ``target_dir`` (``settings`` =
+#: :data:`DEFAULT_GENERATE` updated by ``data.generate``). The app layer supplies it
+#: (:func:`speckle_embed.train.app.simulate_dataset`); this library module never imports the simulator.
+DatasetGenerator = Callable[[Path, dict], None]
 
-    ``simulate`` is imported here only, so ``speckle_embed`` imports without it.
+
+def ensure_dataset(dirs: list[Path], generate: dict | None, *, enabled: bool,
+                   generator: DatasetGenerator | None = None) -> None:
+    """Simulate a small dataset into ``dirs[0]`` with ``generator`` if it holds no shard.
+
+    Raises
+    ------
+    ValueError
+        ``generate`` has a key that :data:`DEFAULT_GENERATE` lacks.
+    RuntimeError
+        A dataset is missing, ``enabled`` is set and no ``generator`` was given.
     """
     target = dirs[0]
     if _has_shards(target) or not enabled:
@@ -68,23 +76,13 @@ def ensure_dataset(dirs: list[Path], generate: dict | None, *, enabled: bool) ->
     unknown = sorted(set(cfg) - set(DEFAULT_GENERATE))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in data.generate; allowed: {sorted(DEFAULT_GENERATE)}")
-    try:
-        from simulate.app import geometry_from_config
-        from simulate.generate import generate_dataset
-        from simulate.sources import resolve_sources
-    except ImportError as exc:
-        raise RuntimeError(
-            f"{target} holds no dataset and data.generate_if_missing needs the simulator "
-            f"(pip install -e '.[sim]'): {exc}") from exc
+    if generator is None:
+        raise RuntimeError(f"{target} holds no dataset and data.generate_if_missing needs a dataset generator: "
+                           "call speckle_embed.train.train (it simulates with the simulator) rather than "
+                           "speckle_embed.train.loop.train, or pass dataset_generator=")
     logger.info("no shards in %s: simulating %s x %d frames (data.generate_if_missing)", target,
                 cfg["source"], cfg["n_frames"])
-    report = generate_dataset(
-        resolve_sources(dict(cfg["source"])), geometry_from_config(dict(cfg["geometry"] or {})),
-        out_dir=target, n_frames=int(cfg["n_frames"]), chunk=int(cfg["chunk"]), mix=cfg["mix"],
-        noise=cfg["noise"], fluence=cfg["fluence"], method=cfg["method"], device=cfg["device"],
-        seed=int(cfg["seed"]), threads=cfg["threads"], progress=False)
-    if not report.shard_paths:
-        raise RuntimeError(f"simulating a dataset into {target} produced no shard:\n{report.table()}")
+    generator(target, cfg)
 
 
 @dataclass
@@ -157,8 +155,11 @@ def _cap_per_group(idx: np.ndarray, structure: np.ndarray, hit: np.ndarray, cap:
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
-def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Path) -> TrainData:
+def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Path,
+                     generator: DatasetGenerator | None = None) -> TrainData:
     """Index the shards of ``cfg.dirs`` and split them (see :class:`~.config.DataConfig`).
+
+    ``generator`` simulates a missing dataset when ``cfg.generate_if_missing`` (:func:`ensure_dataset`).
 
     Raises
     ------
@@ -168,8 +169,8 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
     ValueError
         No labelled frames, a class with fewer than 2 frames, too few groups.
     """
-    dirs = [_absolute(d, base_dir) for d in cfg.dirs]
-    ensure_dataset(dirs, cfg.generate, enabled=cfg.generate_if_missing)
+    dirs = [absolute_path(d, base_dir) for d in cfg.dirs]
+    ensure_dataset(dirs, cfg.generate, enabled=cfg.generate_if_missing, generator=generator)
     index = open_dataset([str(d) for d in dirs], cfg.data_path, check_finite=True,
                          recursive=cfg.recursive, max_open_files=cfg.max_open_files,
                          frame_shape=cfg.frame_shape)

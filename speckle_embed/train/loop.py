@@ -52,6 +52,7 @@ import torch
 
 from speckle_embed.atomic import save_figure_atomically
 from speckle_embed.checkpoint import resolve_checkpoint_spec
+from speckle_embed.device import resolve_device
 from speckle_embed.losses import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletLoss
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
@@ -60,7 +61,7 @@ from .augment import SpeckleAugment
 from .checkpoint import (CHECKPOINT_FORMAT, atomic_torch_save, atomic_write_text, get_rng_states,
                          load_checkpoint, set_rng_states)
 from .config import TrainConfig, to_plain
-from .data import TrainData, build_train_data
+from .data import DatasetGenerator, TrainData, build_train_data
 from .distributed import DistributedConfig, DistributedContext, init_distributed
 from .sampler import PKSampler
 
@@ -135,15 +136,6 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -261,8 +253,9 @@ class _Trainer:
     """State of one run; :func:`train` is the public entry point."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callable] = (),
-                 dist: DistributedContext | None = None):
+                 dist: DistributedContext | None = None, dataset_generator: DatasetGenerator | None = None):
         self.cfg = cfg
+        self.dataset_generator = dataset_generator
         self.callbacks = list(callbacks)
         self.dist = dist or DistributedContext()
         self.run_dir = Path(cfg.run_dir).expanduser().resolve()
@@ -270,7 +263,7 @@ class _Trainer:
         if self.dist.is_main:
             _remove_stale_temporaries(self.run_dir)
         self.base_dir = Path(cfg.base_dir).expanduser() if cfg.base_dir else Path.cwd()
-        self.device = self.dist.device(_resolve_device(cfg.device))
+        self.device = self.dist.device(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         if cfg.deterministic:
@@ -298,7 +291,8 @@ class _Trainer:
             raise ValueError(f"model.input_size {size} differs from preprocessing.input_size "
                              f"{self.prep.input_size}")
         with self.dist.main_first():  # rank 0 simulates a missing dataset before the others read it
-            self.data = build_train_data(cfg.data, cfg.eval, seed=cfg.seed, base_dir=self.base_dir)
+            self.data = build_train_data(cfg.data, cfg.eval, seed=cfg.seed, base_dir=self.base_dir,
+                                         generator=self.dataset_generator)
         self.model = build_model(mcfg)
         if init:
             self.model.load_state_dict(init["state_dict"])
@@ -648,7 +642,8 @@ class _Trainer:
         self._emit("epoch_end", epoch=row["epoch"], metrics=row)
 
 
-def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) -> TrainResult:
+def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = (),
+          dataset_generator: DatasetGenerator | None = None) -> TrainResult:
     """Train an embedding model (see the module notes).
 
     Parameters
@@ -663,6 +658,10 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
         ``callback(event, info)`` with ``event`` ``"step_end"`` or ``"epoch_end"``; ``info``
         has ``epoch``, ``global_step`` and the trainer. An exception raised by a callback
         stops the run (the checkpoints on disk stay valid).
+    dataset_generator : callable, optional
+        Simulates a missing dataset for ``data.generate_if_missing``
+        (:data:`~speckle_embed.train.data.DatasetGenerator`); :func:`speckle_embed.train.train`
+        passes the simulator's (:func:`speckle_embed.train.app.simulate_dataset`).
 
     Returns
     -------
@@ -681,8 +680,8 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = ()) ->
         plain = to_plain(cfg)
         dist_config = DistributedConfig.from_dict(plain.pop("distributed", None))
         config = TrainConfig.from_dict(plain)
-    with init_distributed(dist_config, _resolve_device(config.device).type) as dist:
-        trainer = _Trainer(config, callbacks, dist)
+    with init_distributed(dist_config, resolve_device(config.device).type) as dist:
+        trainer = _Trainer(config, callbacks, dist, dataset_generator)
         trainer.setup()
         trainer.maybe_resume()
         return trainer.run()

@@ -24,6 +24,11 @@ __all__ = ["PKSampler"]
 class PKSampler(Sampler[list[int]]):
     """Batches of ``P`` (structure, hit) groups x ``K`` frames, deterministic from a seed.
 
+    Own code because pytorch-metric-learning's ``MPerClassSampler`` (``m`` frames of each of
+    ``batch_size / m`` labels) draws from a global NumPy RNG (no pure function of the seed and
+    epoch, so no exact mid-epoch resume), never ensures a second hit label per batch, and cannot
+    hand each DDP rank whole (structure, hit) groups (:meth:`shard`).
+
     Within an epoch the groups are visited in shuffled rounds (every eligible group once per
     round, so rare groups are not starved) and each group's frames in a shuffled cycle (every
     frame of a group once before any repeats); a batch never holds a frame twice unless its
