@@ -216,7 +216,8 @@ def test_evaluate_command_writes_the_domain_table(domain_root, tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert [d["name"] for d in data["domains"]["domains"]] == ["val", "tst"]
     assert "_episodes" not in data["domains"]["domains"][0]["by_k"]["1"]
-    assert data["domains"]["embeddings"][str(tmp_path / "model.pt")]["checkpoint_hash"]
+    info = data["domains"]["embeddings"][f"{tmp_path.name}/model.pt"]  # column label: <folder>/<file>
+    assert info["checkpoint"] == str(tmp_path / "model.pt") and info["checkpoint_hash"]
 
 
 def test_evaluate_command_bad_domain_folder_is_one_line(domain_root, tmp_path):

@@ -245,6 +245,14 @@ def _generate_domain(domain, base_dir: str | None) -> None:
         subprocess.run(cmd, cwd=base_dir or None, check=True)
 
 
+def _embedding_label(spec: str) -> str:
+    """Short column label of a checkpoint spec: the shipped name, or ``<folder>/<file>`` of a path."""
+    if spec.startswith("pretrained:"):
+        return spec.split(":", 1)[1]
+    p = Path(spec)
+    return spec if spec in ("pretrained", "default") or not p.suffix else f"{p.parent.name}/{p.name}".lstrip("/")
+
+
 def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: int, progress: bool,
              base_dir: str | None, device: str, trust: bool) -> None:
     doms = parse_domains(cfg.get("sets") or [], "domains.sets")
@@ -271,8 +279,7 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
             _generate_domain(ref, base_dir)
         ref_sets = load_domain(ref, base_dir, **load)
     specs = cfg.get("embeddings") or [str(cfg["checkpoint"])]
-    specs = dict(specs) if isinstance(specs, Mapping) else {
-        s.split(":", 1)[1] if str(s).startswith("pretrained:") else str(s): str(s) for s in specs}
+    specs = dict(specs) if isinstance(specs, Mapping) else {_embedding_label(str(s)): str(s) for s in specs}
     embedders = {m: emb if s == str(cfg["checkpoint"]) else load_embedder(s, device=device, base_dir=base_dir,
                                                                            trust_checkpoint=trust)
                  for m, s in specs.items()}

@@ -212,5 +212,5 @@ def plot_domains(result: Mapping, path) -> Path:
         ax.set_ylabel("2-way accuracy (single vs not)")
         ax.set_title(f"{k}-shot", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
