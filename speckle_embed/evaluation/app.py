@@ -35,10 +35,22 @@ import numpy as np
 from speckle_embed.checkpoint import resolve_checkpoint_spec
 from speckle_embed.embedder import SpeckleEmbedder
 from speckle_embed.evaluation import figures
-from speckle_embed.evaluation.domains import (add_domain_section, domain_problem, domain_protocol,
-                                              folder_problem, load_domain, parse_domains, resolve_path)
+from speckle_embed.evaluation.domains import (
+    add_domain_section,
+    domain_problem,
+    domain_protocol,
+    folder_problem,
+    load_domain,
+    parse_domains,
+    resolve_path,
+)
 from speckle_embed.evaluation.labelled import load_labelled_sets
-from speckle_embed.evaluation.offline import fluence_scan, kshot_protocol, size_table, tsne_embeddings
+from speckle_embed.evaluation.offline import (
+    fluence_scan,
+    kshot_protocol,
+    size_table,
+    tsne_embeddings,
+)
 from speckle_embed.evaluation.online import online_protocol
 from speckle_embed.evaluation.report import Report
 
@@ -242,7 +254,7 @@ def _generate_domain(domain, base_dir: str | None) -> None:
             raise ValueError(domain_problem(domain, base_dir))
         cmd = [sys.executable, "-m", "simulate", *domain.simulate, f"out_dir={d}"]
         print(f"[domains] generating {domain.name}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run(cmd, cwd=base_dir or None, check=True)
+        subprocess.run(cmd, cwd=base_dir or None, check=True)  # CalledProcessError names the command
 
 
 def _embedding_label(spec: str) -> str:

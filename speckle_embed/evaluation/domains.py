@@ -47,18 +47,46 @@ from typing import Any
 import numpy as np
 from scipy.stats import bootstrap
 
-from speckle_embed.adaptation import prototype_distances, reestimate_batchnorm, refine_prototypes
-from speckle_embed.baselines import BASELINES
+from speckle_embed.adaptation import (
+    prototype_distances,
+    reestimate_batchnorm,
+    refine_prototypes,
+)
 from speckle_embed.data import DatasetError
 from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions
-from speckle_embed.evaluation.episodes import Episode, evaluate_predictions, sample_episodes
-from speckle_embed.evaluation.labelled import DEFAULT_LABELS_PATH, LabelledSet, load_labelled_sets
+from speckle_embed.evaluation.episodes import (
+    Episode,
+    evaluate_predictions,
+    sample_episodes,
+)
+from speckle_embed.evaluation.labelled import (
+    DEFAULT_LABELS_PATH,
+    LabelledSet,
+    load_labelled_sets,
+)
 from speckle_embed.fewshot_rules import get_rule
 from speckle_embed.index import SupportIndex
 
-__all__ = ["Domain", "DomainDataError", "ROLES", "HELD_OUT_KEYS", "ADAPTATIONS", "VALIDATION_MARK",
-           "parse_domains", "folder_problem", "domain_problem", "generate_command", "resolve_path", "load_domain", "binary_labels",
-           "domain_episodes", "score_methods", "episode_interval", "domain_protocol", "add_domain_section"]
+__all__ = [
+    "ADAPTATIONS",
+    "HELD_OUT_KEYS",
+    "ROLES",
+    "VALIDATION_MARK",
+    "Domain",
+    "DomainDataError",
+    "add_domain_section",
+    "binary_labels",
+    "domain_episodes",
+    "domain_problem",
+    "domain_protocol",
+    "episode_interval",
+    "folder_problem",
+    "generate_command",
+    "load_domain",
+    "parse_domains",
+    "resolve_path",
+    "score_methods",
+]
 
 #: Roles of a domain.
 ROLES = ("validation", "test")
@@ -133,7 +161,7 @@ def parse_domains(entries: Sequence[Mapping], key: str = "domains.sets") -> list
     for i, e in enumerate(entries):
         where = f"{key}[{i}]"
         if not isinstance(e, Mapping):
-            raise ValueError(f"{where} must be a mapping with name, dirs, role, held_out; got {e!r}")
+            raise TypeError(f"{where} must be a mapping with name, dirs, role, held_out; got {e!r}")
         unknown = set(e) - {"name", "dirs", "role", "held_out", "note", "simulate"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: name, dirs, role, held_out, "
@@ -460,9 +488,10 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     missing = [d.name for d in domains if d.name not in sets]
     if missing:
         raise ValueError(f"no sets given for domains {missing}")
-    kw = dict(k_shots=[int(k) for k in k_shots], n_query=int(n_query), n_tasks=int(n_tasks), seed=int(seed),
-              rule=rule, classes=tuple(classes), baselines=baselines, adapt=adapt, extra_methods=extra_methods,
-              embed_kwargs=dict(embed_kwargs or {}), level=level, progress=progress)
+    kw = {"k_shots": [int(k) for k in k_shots], "n_query": int(n_query), "n_tasks": int(n_tasks),
+          "seed": int(seed), "rule": rule, "classes": tuple(classes), "baselines": baselines, "adapt": adapt,
+          "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
+          "progress": progress}
     rows = [_evaluate_domain(d, sets[d.name], i, embedders, **kw) for i, d in enumerate(domains)]
     ref = None
     if reference is not None:
@@ -504,7 +533,9 @@ def add_domain_section(report, result: Mapping, out_dir, *, embeddings: Mapping[
     skipped : sequence of str
         One line per domain left out (missing data), shown in the report.
     """
-    from speckle_embed.evaluation import figures  # matplotlib only when a report is drawn
+    from speckle_embed.evaluation import (
+        figures,  # matplotlib only when a report is drawn
+    )
 
     st = result["settings"]
     kinds = result["kinds"]
@@ -517,7 +548,7 @@ def add_domain_section(report, result: Mapping, out_dir, *, embeddings: Mapping[
         f"class, {st['n_tasks']} episodes per domain and K with up to {st['n_query']} label-balanced queries "
         f"per class, supports and queries from one file of the domain, rule {st['rule']}, seed {st['seed']}; "
         "every method is scored on the same episodes. Cells: mean over episodes "
-        f"[{int(round(100 * st['level']))} % {st['interval']}]. Gap = in-domain reference minus the domain "
+        f"[{round(100 * st['level'])} % {st['interval']}]. Gap = in-domain reference minus the domain "
         "(accuracy, same method). The validation domain chose the checkpoint: its row is not a result. "
         "See docs/domains.md.")
     for k in (str(k) for k in st["k_shots"]):
