@@ -15,11 +15,16 @@ Sections (each switched on by its config block):
 2. ``online``: 3-way 5-shot with 100% and 25% of the detector, SpeckleNN against the ResNet
    and Shi19 heads trained on the same few labels; Assalauova et al.'s selection metrics
    (precision, recall, F1, predicted single hits, IoU, PSD contrast).
+3. ``domains``: leave-one-domain-out, 2-way single vs not-single K-shot per held-out realistic
+   domain for one or more embeddings beside the baselines, gap to an in-domain reference
+   (:mod:`speckle_embed.evaluation.domains`, docs/domains.md).
 """
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,8 +35,22 @@ import numpy as np
 from speckle_embed.checkpoint import resolve_checkpoint_spec
 from speckle_embed.embedder import SpeckleEmbedder
 from speckle_embed.evaluation import figures
+from speckle_embed.evaluation.domains import (
+    add_domain_section,
+    domain_problem,
+    domain_protocol,
+    folder_problem,
+    load_domain,
+    parse_domains,
+    resolve_path,
+)
 from speckle_embed.evaluation.labelled import load_labelled_sets
-from speckle_embed.evaluation.offline import fluence_scan, kshot_protocol, size_table, tsne_embeddings
+from speckle_embed.evaluation.offline import (
+    fluence_scan,
+    kshot_protocol,
+    size_table,
+    tsne_embeddings,
+)
 from speckle_embed.evaluation.online import online_protocol
 from speckle_embed.evaluation.report import Report
 from speckle_embed.provenance import code_version
@@ -212,6 +231,68 @@ def _online(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: i
     numbers.setdefault("online", {})["seconds"] = time.perf_counter() - t0
 
 
+def _generate_domain(domain, base_dir: str | None) -> None:
+    """Make the missing folders of a domain with the simulate app (its ``simulate`` overrides), in a subprocess."""
+    for d in domain.dirs:
+        if folder_problem(resolve_path(d, base_dir)) is None:
+            continue
+        if not domain.simulate:
+            raise ValueError(domain_problem(domain, base_dir))
+        cmd = [sys.executable, "-m", "simulate", *domain.simulate, f"out_dir={d}"]
+        print(f"[domains] generating {domain.name}: {' '.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, cwd=base_dir or None, check=True)  # CalledProcessError names the command
+
+
+def _embedding_label(spec: str) -> str:
+    """Short column label of a checkpoint spec: the shipped name, or ``<folder>/<file>`` of a path."""
+    if spec.startswith("pretrained:"):
+        return spec.split(":", 1)[1]
+    p = Path(spec)
+    return spec if spec in ("pretrained", "default") or not p.suffix else f"{p.parent.name}/{p.name}".lstrip("/")
+
+
+def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: int, progress: bool,
+             base_dir: str | None, device: str, trust: bool) -> None:
+    doms = parse_domains(cfg.get("sets") or [], "domains.sets")
+    missing = str(cfg.get("missing", "error"))
+    if missing not in ("error", "skip", "generate"):
+        raise ValueError(f"domains.missing must be error, skip or generate; got {missing!r}")
+    load = {"labels_path": cfg.get("labels_path") or "/entry_1/truth/hit_class", "max_frames": cfg.get("max_frames")}
+    sets, skipped, kept = {}, [], []
+    for d in doms:
+        if missing == "generate":
+            _generate_domain(d, base_dir)
+        problem = domain_problem(d, base_dir)
+        if problem and missing == "skip":
+            skipped.append(problem)
+            continue
+        sets[d.name] = load_domain(d, base_dir, **load)
+        kept.append(d)
+    if not kept:
+        raise ValueError("domains: no domain has data; " + " | ".join(skipped))
+    ref, ref_sets = None, None
+    if cfg.get("reference"):
+        ref = parse_domains([{"role": "test", **cfg["reference"]}], "domains.reference")[0]
+        if missing == "generate":
+            _generate_domain(ref, base_dir)
+        ref_sets = load_domain(ref, base_dir, **load)
+    specs = cfg.get("embeddings") or [str(cfg["checkpoint"])]
+    specs = dict(specs) if isinstance(specs, Mapping) else {_embedding_label(str(s)): str(s) for s in specs}
+    embedders = {m: emb if s == str(cfg["checkpoint"]) else load_embedder(s, device=device, base_dir=base_dir,
+                                                                           trust_checkpoint=trust)
+                 for m, s in specs.items()}
+    t0 = time.perf_counter()
+    res = domain_protocol(
+        sets, kept, embedders, k_shots=cfg.get("k_shots") or [1, 5], n_query=int(cfg.get("n_query", 50)),
+        n_tasks=int(cfg.get("n_tasks", 100)), seed=seed, rule=cfg["rule"], classes=cfg.get("classes") or [1, 2, 3],
+        baselines=bool(cfg.get("baselines", True)), adapt=cfg.get("adapt") or (), reference=ref,
+        reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress)
+    info = {m: {"checkpoint": specs[m], "checkpoint_hash": getattr(e, "checkpoint_hash", None)}
+            for m, e in embedders.items()}
+    add_domain_section(report, res, out, embeddings=info, skipped=skipped)
+    numbers["domains"] = {**res, "embeddings": info, "skipped": skipped, "seconds": time.perf_counter() - t0}
+
+
 def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
     """Run the enabled sections of the suite and write the report; returns the written paths.
 
@@ -249,6 +330,11 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
         _online({**cfg["online"], "rule": cfg.get("rule", "mean_distance"),
                  "baselines": cfg.get("baselines", True)}, emb, report, numbers, out,
                 seed, progress, base_dir)
+    if (cfg.get("domains") or {}).get("enabled", False):
+        _domains({**cfg["domains"], "rule": cfg.get("rule", "mean_distance"), "checkpoint": cfg["checkpoint"],
+                  "baselines": cfg.get("baselines", True)}, emb, report, numbers, out, seed, progress, base_dir,
+                 cfg.get("device", "cpu"), _flag(cfg.get("trust_checkpoint", False), "trust_checkpoint"))
     if not numbers.keys() - {"config"}:
-        raise ValueError("nothing to evaluate: enable offline.enabled=true and/or online.enabled=true")
+        raise ValueError("nothing to evaluate: enable offline.enabled=true, online.enabled=true and/or "
+                         "domains.enabled=true")
     return report.write(out, numbers, fmt=str(cfg.get("report_format", "markdown")))

@@ -15,7 +15,7 @@ import numpy as np
 from speckle_embed.atomic import save_figure_atomically
 
 __all__ = ["PAPER", "plot_kshot", "plot_fluence_scan", "plot_size", "plot_tsne", "plot_confusions",
-           "plot_online"]
+           "plot_online", "plot_domains"]
 
 #: Published figures drawn as references (never reported as ours).
 PAPER = {
@@ -178,4 +178,39 @@ def plot_online(rows: Sequence[Mapping], path) -> Path:
     ax.set_ylim(0.0, 1.0)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_domains(result: Mapping, path) -> Path:
+    """Grouped bars per domain (one panel per K): accuracy of every method with its interval over
+    episodes (:func:`speckle_embed.evaluation.domains.domain_protocol`'s result); the in-domain
+    reference first, the validation domain hatched (it chose the checkpoint: not a result)."""
+    plt = _plt()
+    ks = [str(k) for k in result["settings"]["k_shots"]]
+    rows = ([result["reference"]] if result.get("reference") else []) + list(result["domains"])
+    methods = list(result["kinds"])
+    width = 0.8 / max(1, len(methods))
+    fig, axes = plt.subplots(1, len(ks), figsize=(max(5.0, 1.3 * len(rows) + 1.5) * len(ks) / 1.3, 3.8),
+                             squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for j, m in enumerate(methods):
+            x = np.arange(len(rows)) + j * width
+            val = np.array([r["by_k"][k]["methods"][m]["accuracy"] for r in rows])
+            ci = np.array([r["by_k"][k]["methods"][m]["accuracy_ci"] for r in rows], dtype=float)
+            err = np.abs(np.stack([val - ci[:, 0], ci[:, 1] - val]))
+            base = result["kinds"][m] == "baseline"
+            bars = ax.bar(x, val, width, yerr=err, capsize=2, label=m, alpha=0.6 if base else 1.0,
+                          color="grey" if base and j % 2 else "tab:green" if base else None)
+            for bar, r in zip(bars, rows):
+                if r["role"] == "validation":
+                    bar.set_hatch("//")
+        ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2,
+                      [r["name"] + {"validation": "\n(validation)", "reference": "\n(in-domain)"}.get(r["role"], "")
+                       for r in rows], fontsize=8)
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set_ylim(0.4, 1.0)
+        ax.set_ylabel("2-way accuracy (single vs not)")
+        ax.set_title(f"{k}-shot", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)

@@ -1,0 +1,243 @@
+"""Leave-one-domain-out protocol (speckle_embed.evaluation.domains) and its `speckle-embed evaluate` section."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from speckle_embed.embedder import SpeckleEmbedder
+from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions
+from speckle_embed.evaluation.domains import (
+    VALIDATION_MARK,
+    Domain,
+    DomainDataError,
+    binary_labels,
+    domain_episodes,
+    domain_protocol,
+    episode_interval,
+    load_domain,
+    parse_domains,
+    score_methods,
+)
+from speckle_embed.evaluation.episodes import Episode
+from speckle_embed.evaluation.labelled import LabelledSet
+
+PHOTON = "photon count (no learning)"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _frames(hit: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Singles: rings; multis: rings x fringes; non-sample: a blob (photons)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(yy, xx)
+    out = np.empty((hit.size, size, size), np.float32)
+    for i, h in enumerate(hit):
+        f = 20 * (1 + np.cos(2 * np.pi * r / rng.uniform(4, 6))) * np.exp(-r / 15)
+        if h == 2:
+            f = f * (1 + np.cos(2 * np.pi * xx / 2.5)) * 1.5
+        elif h == 3:
+            f = 30 * np.exp(-(r / 6) ** 2)
+        out[i] = rng.poisson(f)
+    return out
+
+
+def _write(path: Path, hit, size: int = 48, seed: int = 0) -> Path:
+    hit = np.asarray(hit)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry_1/data_1/data", data=_frames(hit, size, seed))
+        f.create_dataset("/entry_1/data_1/mask", data=np.zeros((size, size), np.uint16))
+        f.create_dataset("/entry_1/truth/hit_class", data=hit.astype(np.int8))
+        f.attrs["structure_name"] = path.stem
+    return path
+
+
+@pytest.fixture(scope="module")
+def domain_root(tmp_path_factory):
+    """Three tiny labelled domains (two files in one) and a reference folder."""
+    root = tmp_path_factory.mktemp("domains")
+    rng = np.random.default_rng(0)
+    for j, (name, files, size) in enumerate([("val", 1, 64), ("tst", 2, 56), ("ref", 1, 64)]):
+        (root / name).mkdir()
+        for i in range(files):
+            _write(root / name / f"s{i}.h5", rng.permutation([1] * 12 + [2] * 6 + [3] * 6), size, seed=10 * j + i)
+    return root
+
+
+def _domains(root: Path) -> list[Domain]:
+    return parse_domains([
+        {"name": "val", "role": "validation", "dirs": [str(root / "val")], "held_out": {"preset": ["A"]}},
+        {"name": "tst", "role": "test", "dirs": [str(root / "tst")],
+         "held_out": {"preset": [], "family": "capsids", "artefacts": ["streaks", "halos"]}}])
+
+
+class TinyEmbedder:
+    """Deterministic 'embedding': mean and spread of the frame (no training)."""
+
+    checkpoint_hash = "tiny"
+
+    def embed(self, frames, mask=None, **_):
+        x = np.log1p(np.asarray(frames, np.float64))
+        z = np.stack([x.mean((1, 2)), x.std((1, 2))], 1)
+        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_parse_domains_validates_entries():
+    d = parse_domains([{"name": "a", "dirs": "x", "held_out": {"family": "capsids"}}])[0]
+    assert d.role == "test" and d.dirs == ("x",) and d.held_out["family"] == ["capsids"] and d.preset_seen
+    assert d.role_label == "test (detector preset seen in training)"
+    for bad, msg in [({"name": "a", "dirs": ["x"], "role": "train"}, r"domains.sets\[0\] \(a\).role"),
+                     ({"name": "a"}, "dirs must list"),
+                     ({"name": "a", "dirs": ["x"], "held_out": {"detector": []}}, "unknown keys"),
+                     ({"name": "a", "dirs": ["x"], "size": 3}, "unknown keys")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_domains([bad])
+    with pytest.raises(ValueError, match="used twice"):
+        parse_domains([{"name": "a", "dirs": ["x"]}, {"name": "a", "dirs": ["y"]}])
+
+
+def test_episodes_are_balanced_split_over_files_and_seeded():
+    sets = [LabelledSet(f"f{i}", np.zeros((24, 4, 4), np.float32), [1] * 12 + [2] * 6 + [3] * 6) for i in range(2)]
+    labels, files = binary_labels(sets, classes=(1, 2))
+    assert (labels[18:24] == -1).all() and (labels[:12] == 1).all() and (labels[12:18] == 0).all()
+    eps = domain_episodes(labels, files, k_shot=2, n_query=5, n_tasks=7, seed=3)
+    assert len(eps) == 8 and {e.structure for e in eps} == {0, 1}  # ceil(7 / 2) per file
+    for e in eps:
+        assert np.bincount(e.query_labels).tolist() == [4, 4]  # not single: 6 frames - 2 supports
+        assert (labels[e.query_idx] >= 0).all()
+        assert len(set(e.support_idx) & set(e.query_idx)) == 0
+    again = domain_episodes(labels, files, k_shot=2, n_query=5, n_tasks=7, seed=3)
+    assert all(np.array_equal(a.query_idx, b.query_idx) for a, b in zip(eps, again))
+    other = domain_episodes(labels, files, k_shot=2, n_query=5, n_tasks=7, seed=3, domain_index=1)
+    assert not all(np.array_equal(a.query_idx, b.query_idx) for a, b in zip(eps, other))
+
+
+def test_episode_interval_matches_a_brute_force_bootstrap():
+    v = np.random.default_rng(1).uniform(0.5, 1.0, 60)
+    lo, hi = episode_interval(v, 0.95, n_resamples=4000, seed=0)
+    rng = np.random.default_rng(7)
+    means = v[rng.integers(0, v.size, (4000, v.size))].mean(1)
+    assert abs(lo - np.quantile(means, 0.025)) < 0.01 and abs(hi - np.quantile(means, 0.975)) < 0.01
+    assert lo < v.mean() < hi
+    assert episode_interval(np.full(5, 0.8)) == (0.8, 0.8)
+
+
+def test_score_methods_per_episode_means_and_pooled():
+    ep = [Episode(0, (1, 0), np.array([0, 1]), np.array([0, 1]), np.array([2, 3, 4, 5]), np.array([0, 0, 1, 1]))] * 2
+    answers = iter([np.array([0, 0, 1, 1]), np.array([1, 1, 1, 1])])
+    res = score_methods({"m": lambda e: next(answers)}, ep)["m"]
+    assert res["accuracy"] == pytest.approx(0.75) and res["accuracy_pooled"] == pytest.approx(0.75)
+    assert res["f1"] == pytest.approx(0.5)  # episode F1s 1.0 and 0.0 (single = label 0)
+    assert res["n_tasks"] == 2 and res["n_queries"] == 8
+
+
+def test_protocol_one_row_per_domain_same_episodes_for_baselines(domain_root):
+    doms = _domains(domain_root)
+    sets = {d.name: load_domain(d) for d in doms}
+    seen = []
+
+    def fake_photon_count(sets_, labels, file_index):
+        """A deterministic copy of the photon-count baseline that records its episodes."""
+        est, feats = baseline_features(sets_)[PHOTON]
+
+        def predict(ep):
+            seen.append(ep)
+            return baseline_predictions(est, feats, ep)
+        return predict
+
+    ref = parse_domains([{"name": "ref", "dirs": [str(domain_root / "ref")]}], "domains.reference")[0]
+    res = domain_protocol(sets, doms, {"tiny": TinyEmbedder()}, k_shots=[1, 3], n_query=4, n_tasks=10, seed=0,
+                          extra_methods={"fake": fake_photon_count}, reference=ref, reference_sets=load_domain(ref),
+                          progress=False)
+    assert [d["name"] for d in res["domains"]] == ["val", "tst"] and res["reference"]["role"] == "reference"
+    assert res["methods"] == ["tiny", "radial profile (no learning)", PHOTON, "fake"]
+    for d in res["domains"]:
+        for k in ("1", "3"):
+            m = d["by_k"][k]["methods"]
+            assert d["by_k"][k]["n_tasks"] == 10
+            # the fake copy and the real baseline agree episode by episode: the same episodes
+            np.testing.assert_array_equal(m["fake"]["_episode_accuracy"], m[PHOTON]["_episode_accuracy"])
+            assert m["tiny"]["n_queries"] == m[PHOTON]["n_queries"]
+            lo, hi = m["tiny"]["accuracy_ci"]
+            assert lo <= m["tiny"]["accuracy"] <= hi
+            gap = d["by_k"][k]["gap"]["tiny"]["accuracy"]
+            assert gap == pytest.approx(res["reference"]["by_k"][k]["methods"]["tiny"]["accuracy"]
+                                        - m["tiny"]["accuracy"])
+    tst_eps = res["domains"][1]["by_k"]["3"]["_episodes"]
+    assert any(all(np.array_equal(a.query_idx, b.query_idx) for a, b in zip(tst_eps, seen[i:i + 10]))
+               for i in range(0, len(seen), 10))
+    assert {e.structure for e in tst_eps} == {0, 1}
+    assert res["domains"][0]["role_label"] == VALIDATION_MARK
+    assert res["domains"][1]["preset_seen"]
+
+
+def test_load_domain_one_line_errors(domain_root, tmp_path):
+    d = Domain("agipd", ("nowhere/agipd",), "test", {}, "", ("geometry=agipd", "dataset=realistic_agipd"))
+    with pytest.raises(DomainDataError) as e:
+        load_domain(d, str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and "does not exist" in msg and \
+        "python -m simulate geometry=agipd dataset=realistic_agipd out_dir=nowhere/agipd" in msg
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / ".pr772.h5.lock").touch()
+    with pytest.raises(DomainDataError, match="still being generated"):
+        load_domain(Domain("busy", (str(tmp_path / "busy"),)))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with h5py.File(bad / "x.h5", "w") as f:
+        f.create_dataset("/entry_1/data_1/data", data=np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(DomainDataError, match="domain 'bad'.*no hit-class labels"):
+        load_domain(Domain("bad", (str(bad),)))
+
+
+def _evaluate(tmp_path, root, *extra):
+    ckpt = tmp_path / "model.pt"
+    if not ckpt.exists():
+        SpeckleEmbedder.random_init(seed=0, device="cpu").save_checkpoint(ckpt)
+    sets = (f"domains.sets=[{{name:val,role:validation,dirs:[{root / 'val'}],held_out:{{preset:[A]}}}},"
+            f"{{name:tst,role:test,dirs:[{root / 'tst'}],held_out:{{preset:[B],family:[capsids]}}}}]")
+    cmd = [sys.executable, "-m", "speckle_embed.evaluation", f"checkpoint={ckpt}", "offline.enabled=false",
+           "domains.enabled=true", sets, f"domains.reference={{name:ref,dirs:[{root / 'ref'}]}}",
+           "domains.k_shots=[1,3]", "domains.n_query=4", "domains.n_tasks=6", "progress=false", "threads=1",
+           "report_format=both", f"hydra.run.dir={tmp_path / 'run'}", *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_evaluate_command_writes_the_domain_table(domain_root, tmp_path):
+    proc = _evaluate(tmp_path, domain_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    md = (out / "report.md").read_text()
+    assert "Held-out realistic domains" in md and (out / "report.html").is_file()
+    assert (out / "domains.png").stat().st_size > 1000
+    table = md.split("### 3-shot")[1].split("\n\n")[1].splitlines()
+    rows = [r for r in table if r.startswith("| ") and not r.startswith("| domain")]
+    assert [r.split(" | ")[0] for r in rows] == ["| ref", "| val", "| tst"]  # reference, then one row per domain
+    assert VALIDATION_MARK in rows[1] and VALIDATION_MARK not in rows[2]
+    assert "photon count (no learning): accuracy" in table[0] and "gap " in table[0]
+    data = json.loads((out / "report.json").read_text())
+    assert [d["name"] for d in data["domains"]["domains"]] == ["val", "tst"]
+    assert "_episodes" not in data["domains"]["domains"][0]["by_k"]["1"]
+    info = data["domains"]["embeddings"][f"{tmp_path.name}/model.pt"]  # column label: <folder>/<file>
+    assert info["checkpoint"] == str(tmp_path / "model.pt") and info["checkpoint_hash"]
+
+
+def test_evaluate_command_bad_domain_folder_is_one_line(domain_root, tmp_path):
+    proc = _evaluate(tmp_path, domain_root, f"domains.sets=[{{name:gone,dirs:[{tmp_path / 'gone'}]}}]")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "domain 'gone'" in ln]
+    assert len(lines) == 1 and "does not exist" in lines[0] and "domains.missing=skip" in lines[0]
+
+
+def test_evaluate_command_skips_a_missing_domain_when_asked(domain_root, tmp_path):
+    proc = _evaluate(tmp_path, domain_root, "domains.missing=skip",
+                     f"domains.sets=[{{name:gone,dirs:[{tmp_path / 'gone'}]}},{{name:tst,dirs:[{domain_root / 'tst'}]}}]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Skipped: domain 'gone'" in (tmp_path / "run" / "report.md").read_text()
