@@ -18,9 +18,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # few-shot API
-    "SpeckleEmbedder": "speckle_embed.embedder",
+    "SpeckleEmbedder": "speckle_embed.inference.embedder",
     "FewShotClassifier": "speckle_embed.classifier",
-    "load_pretrained": "speckle_embed.pretrained",
+    "load_pretrained": "speckle_embed.inference.pretrained",
     "CheckpointError": "speckle_embed.checkpoint",
     "UntrustedCheckpointError": "speckle_embed.checkpoint",
     "NotFittedError": "speckle_embed.classifier",
@@ -33,8 +33,8 @@ _EXPORTS = {
     "Preprocessing": "speckle_embed.preprocess",
     "preprocess": "speckle_embed.preprocess",
     "SupportIndex": "speckle_embed.index",
-    "export_onnx": "speckle_embed.export",
-    "export_torchscript": "speckle_embed.export",
+    "export_onnx": "speckle_embed.inference.export",
+    "export_torchscript": "speckle_embed.inference.export",
     "SpeckleNNEmbedding": "speckle_embed.models",
     "PreActResNetClassifier": "speckle_embed.models",
     "Shi2019CNN": "speckle_embed.models",

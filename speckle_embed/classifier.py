@@ -1,6 +1,6 @@
 """Few-shot classification of diffraction frames: a scikit-learn-style estimator.
 
-:class:`FewShotClassifier` embeds support frames with a :class:`~speckle_embed.embedder.SpeckleEmbedder`,
+:class:`FewShotClassifier` embeds support frames with a :class:`~speckle_embed.inference.embedder.SpeckleEmbedder`,
 keeps them in a FAISS :class:`~speckle_embed.index.SupportIndex` and classifies queries with one
 of the rules of :mod:`speckle_embed.fewshot_rules` (``"mean_distance"``, SpeckleNN's rule;
 ``"prototype"``; ``"knn"``)::
@@ -41,7 +41,7 @@ import numpy as np
 from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, load_adaptation, parse_adapt, save_adaptation
 from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
-from speckle_embed.embedder import SpeckleEmbedder
+from speckle_embed.inference.embedder import SpeckleEmbedder
 from speckle_embed.fewshot_rules import (
     RULES,
     UNKNOWN,

@@ -11,7 +11,7 @@ pooled numbers are reported too).
 * :func:`size_table` - per-structure accuracy against particle size (atoms);
 * :func:`tsne_embeddings` - a 2-D t-SNE map of embeddings with the supports of one episode.
 
-All take a :class:`~speckle_embed.embedder.SpeckleEmbedder` (or any object with its ``embed``)
+All take a :class:`~speckle_embed.inference.embedder.SpeckleEmbedder` (or any object with its ``embed``)
 and :class:`~speckle_embed.evaluation.labelled.LabelledSet` s.
 """
 from __future__ import annotations

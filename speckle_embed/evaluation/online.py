@@ -213,7 +213,7 @@ def finetune_embedder(embedder, frames: np.ndarray, hit: np.ndarray, mask: np.nd
     SpeckleEmbedder
         From the run's ``best.pt`` (validation 3-way 5-shot accuracy on the ``n_val`` frames).
     """
-    from speckle_embed.embedder import SpeckleEmbedder
+    from speckle_embed.inference.embedder import SpeckleEmbedder
     from speckle_embed.train import train
 
     run_dir = Path(os.fspath(run_dir))
