@@ -151,22 +151,22 @@ def normalise(frames: torch.Tensor, valid: torch.Tensor | None, *, log: bool = T
     """
     y = frames.clamp_min(0.0)  # new, contiguous
     n = y.shape[0]
+    # results are taken from the in-place calls (not from `y`) so that a traced graph (ONNX,
+    # TorchScript export) follows the writes through the flat view
     if valid is not None:
-        y.masked_fill_(~valid, 0.0)
+        y = y.masked_fill_(~valid, 0.0)
     if log:
-        y.log1p_()  # log1p(0) = 0 keeps invalid pixels at 0
+        y = y.log1p_()  # log1p(0) = 0 keeps invalid pixels at 0
     flat = y.view(n, -1)
     if valid is None:
         var, mean = torch.var_mean(flat, dim=1, correction=0, keepdim=True)
-        flat.sub_(mean).div_(var.sqrt_().add_(eps))
-        return y
+        return flat.sub_(mean).div_(var.sqrt_().add_(eps)).view(y.shape)
     vf = (valid.reshape(1, -1) if valid.ndim == 2 else valid.reshape(n, -1)).to(y.dtype)
     count = vf.sum(1, keepdim=True).clamp_min(1.0)
     mean = flat.sum(1, keepdim=True) / count
-    flat.sub_(mean).mul_(vf)  # invalid pixels back to 0
+    flat = flat.sub_(mean).mul_(vf)  # invalid pixels back to 0
     std = torch.linalg.vector_norm(flat, dim=1, keepdim=True).div_(count.sqrt())
-    flat.div_(std.add_(eps))
-    return y
+    return flat.div_(std.add_(eps)).view(y.shape)
 
 
 def model_inputs(window: torch.Tensor, valid: torch.Tensor | None, prep: Preprocessing, center,
