@@ -42,8 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import VAL_STRUCTURES, load_frames  # noqa: E402
 
-from speckle_embed.classifier import FewShotClassifier  # noqa: E402
-from speckle_embed.index import gpu_available  # noqa: E402
+from speckle_embed.fewshot.classifier import FewShotClassifier  # noqa: E402
+from speckle_embed.fewshot.index import gpu_available  # noqa: E402
 from speckle_embed.inference.transfer import HostToDevice  # noqa: E402
 
 VARIANTS = {  # name: (precision, compile, pinned staging)

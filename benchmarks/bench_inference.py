@@ -46,7 +46,7 @@ import time
 import numpy as np
 import torch
 
-from speckle_embed.classifier import FewShotClassifier
+from speckle_embed.fewshot.classifier import FewShotClassifier
 from speckle_embed.inference.embedder import SpeckleEmbedder
 from speckle_embed.preprocess import preprocess
 

@@ -19,12 +19,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # few-shot API
     "SpeckleEmbedder": "speckle_embed.inference.embedder",
-    "FewShotClassifier": "speckle_embed.classifier",
+    "FewShotClassifier": "speckle_embed.fewshot.classifier",
     "load_pretrained": "speckle_embed.inference.pretrained",
     "CheckpointError": "speckle_embed.checkpoint",
     "UntrustedCheckpointError": "speckle_embed.checkpoint",
-    "NotFittedError": "speckle_embed.classifier",
-    "ClassifierFileError": "speckle_embed.classifier",
+    "NotFittedError": "speckle_embed.fewshot.classifier",
+    "ClassifierFileError": "speckle_embed.fewshot.classifier",
     "speckle_size": "speckle_embed.scale",
     "estimate_scale": "speckle_embed.scale",
     "estimate_center": "speckle_embed.scale",
@@ -32,7 +32,7 @@ _EXPORTS = {
     # building blocks
     "Preprocessing": "speckle_embed.preprocess",
     "preprocess": "speckle_embed.preprocess",
-    "SupportIndex": "speckle_embed.index",
+    "SupportIndex": "speckle_embed.fewshot.index",
     "export_onnx": "speckle_embed.inference.export",
     "export_torchscript": "speckle_embed.inference.export",
     "SpeckleNNEmbedding": "speckle_embed.models",
