@@ -15,13 +15,11 @@ Usage (the shipped ``specklenn-offline-v2``)::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from speckle_embed.data import discover_shards, read_frames, read_mask
 from speckle_embed.inference.embedder import SpeckleEmbedder

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from speckle_embed.formats import (CXI_VERSION, DATA_PATH, DETECTOR_GROUP, HIT_CLASSES, MASK_PATH,
+from speckle_embed.formats import (CXI_VERSION, DATA_PATH, HIT_CLASSES, MASK_PATH,
                                    TMP_SUFFIX, TRUTH_GROUP, parse_tmp_name, pid_alive, tmp_sibling)  # noqa: F401 (re-exported)
 
 from .errors import SimulationError

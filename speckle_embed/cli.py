@@ -56,7 +56,7 @@ import numpy as np
 
 from speckle_embed.atomic import remove_stale_temporaries, tmp_sibling
 from speckle_embed.data.h5dataset import DEFAULT_DATA_PATH, MASK_PATHS
-from speckle_embed.frame_checks import EmptyFrameWarning, check_frame_size, min_frame_side_px
+from speckle_embed.frame_checks import EmptyFrameWarning, min_frame_side_px
 
 __all__ = ["CONFIG_DIR", "CXI_DATA_PATHS", "classify_main", "run_classify", "resolve_inputs",
            "find_frames_dataset"]
