@@ -1,6 +1,6 @@
-"""Moved: the code lives in :mod:`speckle_embed.inference.precision`; this old path names the same module."""
+"""Moved: the code lives in :mod:`speckle_embed.inference.int8`; this old path names the same module."""
 import sys
 
-from speckle_embed.inference import precision as _module
+from speckle_embed.inference import int8 as _module
 
 sys.modules[__name__] = _module

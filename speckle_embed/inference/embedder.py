@@ -22,7 +22,7 @@ and channels-last memory; ``precision="bfloat16"`` (CUDA, or CPUs with AVX512-BF
 ``compile=True`` are available.
 
 int8 on the CPU (``docs/int8.md``): ``precision="int8"`` runs the SpeckleNN model with static
-int8 quantization (:mod:`speckle_embed.inference.precision`); it needs one explicit calibration on
+int8 quantization (:mod:`speckle_embed.inference.int8`); it needs one explicit calibration on
 representative frames, which fixes the activation ranges::
 
     emb = se.load_pretrained(device="cpu", precision="int8")
@@ -41,12 +41,12 @@ from torch.nn import functional as F
 
 from speckle_embed.checkpoint import CHECKPOINT_FORMAT, CheckpointError, file_hash, weights_fingerprint
 from speckle_embed.frame_checks import flat_inputs, warn_empty
+from speckle_embed.inference.checkpoint_io import CheckpointIO
 from speckle_embed.inference.frames import (check_frames, check_mask, check_scale, resolve_center, sample_frames,
                                             sample_mask, subsample, window_batches)
-from speckle_embed.inference.precision import (CHUNK_BYTES, PRECISIONS, check_int8, fold_if_exact, params_key,
-                                               quantize_specklenn)
+from speckle_embed.inference.int8 import CHUNK_BYTES, quantize_specklenn
+from speckle_embed.inference.precision import PRECISIONS, check_int8, fold_if_exact, params_key
 from speckle_embed.inference.transfer import HostToDevice
-from speckle_embed.inference.checkpoint_io import CheckpointIO
 from speckle_embed.models import build_model
 from speckle_embed.preprocess import Preprocessing
 from speckle_embed.scale import estimate_scale, speckle_size
@@ -93,7 +93,7 @@ class SpeckleEmbedder(CheckpointIO):
         training-detector pixels; needed by ``scale="auto"``.
     precision : {"float32", "bfloat16", "int8"}, default "float32"
         Autocast dtype of the forward pass; embeddings are always returned as float32.
-        ``"int8"``: static int8 quantization on the CPU (:mod:`speckle_embed.inference.precision`), after
+        ``"int8"``: static int8 quantization on the CPU (:mod:`speckle_embed.inference.int8`), after
         :meth:`calibrate_int8`; not available on CUDA nor with ``compile=True``.
     compile : bool or str, default False
         ``torch.compile`` the inference copy of the model (the last batch is zero-padded to
@@ -299,7 +299,7 @@ class SpeckleEmbedder(CheckpointIO):
                        engine: str | None = None, chunk_bytes: int | None | str = "default") -> dict:
         """Build the int8 model used by ``precision="int8"``, calibrated on these frames.
 
-        Post-training static quantization (:func:`speckle_embed.inference.precision.quantize_specklenn`):
+        Post-training static quantization (:func:`speckle_embed.inference.int8.quantize_specklenn`):
         up to ``n`` frames, evenly spaced over ``frames`` (deterministic: the same frames give
         the same int8 model), are preprocessed exactly as :meth:`embed` would (same ``mask``,
         ``center`` and ``scale``) and fix the range of every int8 activation. Calibrate on
@@ -316,12 +316,12 @@ class SpeckleEmbedder(CheckpointIO):
         n : int, default 256
             Calibration frames (a few hundred suffice).
         fc : {"int8", "dynamic", "float32"}, default "int8"
-            How the first fully connected layer runs (:data:`speckle_embed.inference.precision.FC_MODES`).
+            How the first fully connected layer runs (:data:`speckle_embed.inference.int8.FC_MODES`).
         engine : str, optional
-            Quantized engine (default :func:`speckle_embed.inference.precision.default_engine`).
+            Quantized engine (default :func:`speckle_embed.inference.int8.default_engine`).
         chunk_bytes : int or None, optional
             Batches are run in chunks whose largest int8 activation stays below this many bytes
-            (default :data:`speckle_embed.inference.precision.CHUNK_BYTES`: no page faults of large
+            (default :data:`speckle_embed.inference.int8.CHUNK_BYTES`: no page faults of large
             buffers); ``None`` runs whole batches.
 
         Returns
@@ -336,7 +336,7 @@ class SpeckleEmbedder(CheckpointIO):
         ValueError
             The embedder is not on the CPU, ``n < 1``, or the frames are invalid (as :meth:`embed`).
         TypeError
-            The model is not SpeckleNN-like (:mod:`speckle_embed.inference.precision`).
+            The model is not SpeckleNN-like (:mod:`speckle_embed.inference.int8`).
         """
         check_int8(self.device, False)
         if isinstance(n, bool) or int(n) != n or n < 1:
