@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   -- the main job on the embedded default data (creates .venv when missing)
-#   make test   -- the test suite (what CI runs through .ci/run)
+#   make test   -- lint (ruff, import layers) and the test suite (what CI runs through .ci/run)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= outputs/demo
 
-.PHONY: demo test test-all bench fidelity venv clean browser
+.PHONY: demo test test-all lint bench fidelity venv clean browser
 
 venv: $(VENV)/.installed
 
@@ -34,10 +34,15 @@ browser:
 	  else echo "note: chromium/chromedriver missing and not root: the monitor page's browser test will be skipped"; fi; \
 	fi
 
-test: venv browser
+# ruff (pyflakes rules) and the import-layer contracts of pyproject.toml first: both take ~1 s
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: lint browser
 	$(PY) -m pytest -q
 
-test-all: venv
+test-all: lint
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: venv

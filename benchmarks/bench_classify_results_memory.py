@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speckle_embed.classifier import ClassificationResult
+from speckle_embed.fewshot.classifier import ClassificationResult
 from speckle_embed.cli import _Writer
 
 

@@ -13,7 +13,7 @@ Timed variants (each from host frames to labels):
   synchronous copies), to show what the staging buys.
 
 Every variant uses the embedder's GPU path: only the 96 x 96 window is copied, as uint16, through
-double-buffered pinned memory on a copy stream (:class:`speckle_embed.transfer.HostToDevice`);
+double-buffered pinned memory on a copy stream (:class:`speckle_embed.inference.transfer.HostToDevice`);
 embeddings stay on the GPU until the end of the call. The labels of every variant are compared
 with the CPU float32 path on ``--agree-frames`` frames; a disagreement is a **near-tie** when the
 CPU's two class distances differ by less than ``--tie`` (squared L2; unit vectors).
@@ -42,9 +42,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import VAL_STRUCTURES, load_frames  # noqa: E402
 
-from speckle_embed.classifier import FewShotClassifier  # noqa: E402
-from speckle_embed.index import gpu_available  # noqa: E402
-from speckle_embed.transfer import HostToDevice  # noqa: E402
+from speckle_embed.fewshot.classifier import FewShotClassifier  # noqa: E402
+from speckle_embed.fewshot.index import gpu_available  # noqa: E402
+from speckle_embed.inference.transfer import HostToDevice  # noqa: E402
 
 VARIANTS = {  # name: (precision, compile, pinned staging)
     "fp32": ("float32", False, True),
@@ -107,12 +107,12 @@ def main(argv=None) -> dict:
 
     frames, sup, sup_y, mask, source = frames_and_supports(args.data, args.frames)
     if args.random_weights:
-        from speckle_embed.embedder import SpeckleEmbedder
+        from speckle_embed.inference.embedder import SpeckleEmbedder
 
         def make(device, **kw):
             return SpeckleEmbedder.random_init(device=device, seed=0, **kw)
     else:
-        from speckle_embed.pretrained import load_pretrained
+        from speckle_embed.inference.pretrained import load_pretrained
 
         def make(device, **kw):
             return load_pretrained(device=device, **kw)

@@ -1,4 +1,4 @@
-"""Search throughput and memory of :class:`speckle_embed.index.SupportIndex` (flat L2).
+"""Search throughput and memory of :class:`speckle_embed.fewshot.index.SupportIndex` (flat L2).
 
 For each support-set size, builds a ``SupportIndex(dim, metric="l2")`` from random float32
 embeddings, then times ``search(queries, k)`` for a batch of queries and reports queries per
@@ -26,7 +26,7 @@ import time
 import faiss
 import numpy as np
 
-from speckle_embed.index import SupportIndex, gpu_available
+from speckle_embed.fewshot.index import SupportIndex, gpu_available
 
 
 def rss_bytes() -> int:

@@ -10,7 +10,7 @@ size it reports patterns/s of
 * ``embed``: :meth:`SpeckleEmbedder.embed` (crop before float conversion, BatchNorm folded into
   the convolutions, PReLU after max-pooling, channels-last, ``torch.inference_mode``);
   ``bfloat16``: the same under bf16 autocast (CPUs with AVX512-BF16/AMX, or CUDA); ``int8``:
-  static int8 quantization (:mod:`speckle_embed.quantize`) calibrated on 256 frames of other
+  static int8 quantization (:mod:`speckle_embed.inference.int8`) calibrated on 256 frames of other
   structures than those timed, run in chunks that keep int8 buffers under 32 MiB (default);
   ``int8-nochunk``: the same model running whole batches;
 * ``classify``: ``FewShotClassifier(rule="mean_distance").predict`` (embedding + FAISS rule)
@@ -46,8 +46,8 @@ import time
 import numpy as np
 import torch
 
-from speckle_embed.classifier import FewShotClassifier
-from speckle_embed.embedder import SpeckleEmbedder
+from speckle_embed.fewshot.classifier import FewShotClassifier
+from speckle_embed.inference.embedder import SpeckleEmbedder
 from speckle_embed.preprocess import preprocess
 
 VAL_STRUCTURES = ["1BXN", "2FHA", "3J9I", "4JSV", "6WLB", "7Q5B", "1M19", "3O21", "2NIP", "6FLR"]
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
                     choices=["float32", "bfloat16", "int8"], help="float32 is always timed (reference)")
     ap.add_argument("--int8-fc", default="int8", choices=["int8", "dynamic", "float32"],
-                    help="first fully connected layer of the int8 model (speckle_embed.quantize.FC_MODES)")
+                    help="first fully connected layer of the int8 model (speckle_embed.inference.int8.FC_MODES)")
     ap.add_argument("--data", default="data/offline/pdb",
                     help="folder or glob of CXI shards of 172x172 frames (Poisson noise frames if none)")
     ap.add_argument("--random-weights", action="store_true", help="untrained model instead of the shipped one")
@@ -149,7 +149,7 @@ def main() -> None:
             return SpeckleEmbedder.random_init(device=dev, **kw)
         weights = "random weights"
     else:
-        from speckle_embed.pretrained import DEFAULT_PRETRAINED, load_pretrained
+        from speckle_embed.inference.pretrained import DEFAULT_PRETRAINED, load_pretrained
 
         def make(**kw):
             return load_pretrained(device=dev, **kw)
@@ -224,7 +224,7 @@ def main() -> None:
     if "bfloat16" in embs:
         fns["model bf16, folded + NHWC"] = model_only(folded, True)
     if "int8" in embs:
-        from speckle_embed.quantize import quantize_specklenn
+        from speckle_embed.inference.int8 import quantize_specklenn
 
         cal_inputs = torch.cat([t for _, _, t in e32._batches(calib[np.linspace(0, len(calib) - 1, 256).astype(int)],
                                                                mask, None, None, 256)])

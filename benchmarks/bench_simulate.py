@@ -23,7 +23,6 @@ import os
 import platform
 import time
 
-import numpy as np
 import torch
 
 

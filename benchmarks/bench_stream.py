@@ -39,8 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speckle_embed.classifier import FewShotClassifier
-from speckle_embed.pretrained import load_pretrained
+from speckle_embed.fewshot.classifier import FewShotClassifier
+from speckle_embed.inference.pretrained import load_pretrained
 from speckle_embed.stream.service import StreamService
 
 

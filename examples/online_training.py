@@ -38,7 +38,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 
 import speckle_embed as se
 from _pr772 import simulate_pr772  # the data step the online examples share (examples/_pr772.py)

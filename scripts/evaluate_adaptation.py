@@ -43,10 +43,10 @@ from speckle_embed.adaptation import (
 from speckle_embed.evaluation import evaluate_episodes, sample_episodes
 from speckle_embed.evaluation.app import load_embedder
 from speckle_embed.evaluation.baselines import baseline_features, evaluate_baselines
-from speckle_embed.evaluation.episodes import evaluate_predictions
+from speckle_embed.fewshot.episodes import evaluate_predictions
 from speckle_embed.evaluation.labelled import load_labelled_sets
-from speckle_embed.fewshot_rules import get_rule
-from speckle_embed.index import SupportIndex
+from speckle_embed.fewshot.rules import get_rule
+from speckle_embed.fewshot.index import SupportIndex
 
 SINGLE, NOT_SINGLE = 1, 0
 

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from speckle_embed.data import read_frames, read_mask
-from speckle_embed.embedder import SpeckleEmbedder
+from speckle_embed.inference.embedder import SpeckleEmbedder
 from speckle_embed.evaluation import evaluate_episodes, sample_episodes
 
 

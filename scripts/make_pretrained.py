@@ -2,7 +2,7 @@
 
 1. measures the speckle size of training-like frames (``reference_speckle_px``, used by
    ``embed(..., scale="auto")`` on foreign detectors) on shards of the training structures;
-2. writes ``speckle_embed/weights/<name>.pt`` (:func:`speckle_embed.pretrained.compress_checkpoint`);
+2. writes ``speckle_embed/weights/<name>.pt`` (:func:`speckle_embed.inference.pretrained.compress_checkpoint`);
 3. checks the shipped embedding against the float32 checkpoint on held-out frames: embedding
    difference and 2-way 5-shot accuracy of both.
 
@@ -15,19 +15,17 @@ Usage (the shipped ``specklenn-offline-v2``)::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from speckle_embed.data import discover_shards, read_frames, read_mask
-from speckle_embed.embedder import SpeckleEmbedder
+from speckle_embed.inference.embedder import SpeckleEmbedder
 from speckle_embed.evaluation.labelled import load_labelled_sets
 from speckle_embed.evaluation.offline import embed_sets, kshot_protocol
-from speckle_embed.pretrained import DEFAULT_PRETRAINED, WEIGHTS_DIR, compress_checkpoint, load_pretrained
+from speckle_embed.inference.pretrained import DEFAULT_PRETRAINED, WEIGHTS_DIR, compress_checkpoint, load_pretrained
 
 
 def reference_speckle(emb: SpeckleEmbedder, dirs, train_structures, per_shard: int = 16, seed: int = 0) -> float:

@@ -18,13 +18,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # few-shot API
-    "SpeckleEmbedder": "speckle_embed.embedder",
-    "FewShotClassifier": "speckle_embed.classifier",
-    "load_pretrained": "speckle_embed.pretrained",
+    "SpeckleEmbedder": "speckle_embed.inference.embedder",
+    "FewShotClassifier": "speckle_embed.fewshot.classifier",
+    "load_pretrained": "speckle_embed.inference.pretrained",
     "CheckpointError": "speckle_embed.checkpoint",
     "UntrustedCheckpointError": "speckle_embed.checkpoint",
-    "NotFittedError": "speckle_embed.classifier",
-    "ClassifierFileError": "speckle_embed.classifier",
+    "NotFittedError": "speckle_embed.fewshot.classifier",
+    "ClassifierFileError": "speckle_embed.fewshot.classifier",
     "speckle_size": "speckle_embed.scale",
     "estimate_scale": "speckle_embed.scale",
     "estimate_center": "speckle_embed.scale",
@@ -32,9 +32,9 @@ _EXPORTS = {
     # building blocks
     "Preprocessing": "speckle_embed.preprocess",
     "preprocess": "speckle_embed.preprocess",
-    "SupportIndex": "speckle_embed.index",
-    "export_onnx": "speckle_embed.export",
-    "export_torchscript": "speckle_embed.export",
+    "SupportIndex": "speckle_embed.fewshot.index",
+    "export_onnx": "speckle_embed.inference.export",
+    "export_torchscript": "speckle_embed.inference.export",
     "SpeckleNNEmbedding": "speckle_embed.models",
     "PreActResNetClassifier": "speckle_embed.models",
     "Shi2019CNN": "speckle_embed.models",

@@ -132,17 +132,80 @@ def resample_center(frames: torch.Tensor, valid: torch.Tensor, out_size: int, sc
     return values, good
 
 
-def normalise(frames: torch.Tensor, valid: torch.Tensor, *, log: bool = True, eps: float = 1e-3) -> torch.Tensor:
-    """``log1p`` (optional) and per-frame standardisation over valid pixels; invalid -> 0."""
-    x = torch.where(valid, frames.clamp_min(0.0), torch.zeros_like(frames))
+def normalise(frames: torch.Tensor, valid: torch.Tensor | None, *, log: bool = True,
+              eps: float = 1e-3) -> torch.Tensor:
+    """``log1p`` (optional) and per-frame standardisation over valid pixels; invalid -> 0.
+
+    Parameters
+    ----------
+    frames : Tensor (N, H, W) float
+    valid : Tensor (H, W) or (N, H, W) bool, or None (every pixel valid)
+    log, eps
+        As :class:`Preprocessing`.
+
+    Returns
+    -------
+    Tensor (N, H, W)
+        A new tensor (``frames`` is not modified), built with one allocation and in-place
+        passes: this is the hot path of :meth:`~speckle_embed.inference.SpeckleEmbedder.embed`.
+    """
+    y = frames.clamp_min(0.0)  # new, contiguous
+    n = y.shape[0]
+    # results are taken from the in-place calls (not from `y`) so that a traced graph (ONNX,
+    # TorchScript export) follows the writes through the flat view
+    if valid is not None:
+        y = y.masked_fill_(~valid, 0.0)
     if log:
-        x = torch.log1p(x)
-    v = valid.to(x.dtype)
-    count = v.sum((-2, -1), keepdim=True).clamp_min(1.0)
-    mean = (x * v).sum((-2, -1), keepdim=True) / count
-    var = (((x - mean) * v) ** 2).sum((-2, -1), keepdim=True) / count
-    x = (x - mean) / (var.sqrt() + eps)
-    return torch.where(valid, x, torch.zeros_like(x))
+        y = y.log1p_()  # log1p(0) = 0 keeps invalid pixels at 0
+    flat = y.view(n, -1)
+    if valid is None:
+        var, mean = torch.var_mean(flat, dim=1, correction=0, keepdim=True)
+        return flat.sub_(mean).div_(var.sqrt_().add_(eps)).view(y.shape)
+    vf = (valid.reshape(1, -1) if valid.ndim == 2 else valid.reshape(n, -1)).to(y.dtype)
+    count = vf.sum(1, keepdim=True).clamp_min(1.0)
+    mean = flat.sum(1, keepdim=True) / count
+    flat = flat.sub_(mean).mul_(vf)  # invalid pixels back to 0
+    std = torch.linalg.vector_norm(flat, dim=1, keepdim=True).div_(count.sqrt())
+    return flat.div_(std.add_(eps)).view(y.shape)
+
+
+def model_inputs(window: torch.Tensor, valid: torch.Tensor | None, prep: Preprocessing, center,
+                 scale: float) -> torch.Tensor:
+    """Model inputs of float32 frames (or windows cut from them): steps 2-4 of the module docstring.
+
+    The one implementation of the geometry and intensity steps, used by :func:`preprocess`
+    (training) and by :meth:`~speckle_embed.inference.SpeckleEmbedder.embed` (which first cuts
+    the window the model sees out of larger frames).
+
+    Parameters
+    ----------
+    window : Tensor (N, H, W) float32
+        Photons; non-finite pixels must be marked invalid in ``valid``.
+    valid : Tensor (H, W) or (N, H, W) bool, or None
+        Usable pixels (None: every pixel).
+    prep : Preprocessing
+    center : (row, col)
+        Beam centre in pixels of ``window``.
+    scale : float
+        Input pixels per model pixel.
+
+    Returns
+    -------
+    Tensor (N, 1, input_size, input_size) float32
+    """
+    size = prep.input_size
+    n, h, w = window.shape
+    cy, cx = center
+    r0, c0 = cy - (size - 1) / 2, cx - (size - 1) / 2
+    if scale == 1.0 and float(r0).is_integer() and float(c0).is_integer() and r0 >= 0 and c0 >= 0 \
+            and r0 + size <= h and c0 + size <= w:  # plain crop (the case of resample_center)
+        r0, c0 = int(r0), int(c0)
+        x = window[:, r0:r0 + size, c0:c0 + size]
+        good = None if valid is None else valid[..., r0:r0 + size, c0:c0 + size]
+    else:
+        g = torch.ones((h, w), dtype=torch.bool, device=window.device) if valid is None else valid
+        x, good = resample_center(window, g.expand(n, h, w), size, scale, (cy, cx))
+    return normalise(x, good, log=prep.log, eps=prep.eps)[:, None]
 
 
 def preprocess(frames, prep: Preprocessing, *, mask=None, center=None, scale=None,
@@ -182,5 +245,6 @@ def preprocess(frames, prep: Preprocessing, *, mask=None, center=None, scale=Non
                              f"{adu_per_photon!r}, {threshold!r}")
         x = torch.where(torch.isfinite(x), adu_to_photons(x, float(adu_per_photon), float(threshold)), x)
     valid = _valid_mask(x, mask)
-    x, valid = resample_center(x, valid, prep.input_size, prep.scale if scale is None else float(scale), center)
-    return normalise(x, valid, log=prep.log, eps=prep.eps)[:, None]
+    h, w = x.shape[-2:]
+    center = ((h - 1) / 2, (w - 1) / 2) if center is None else center
+    return model_inputs(x, valid, prep, center, prep.scale if scale is None else float(scale))

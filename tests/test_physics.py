@@ -1,5 +1,4 @@
 """Physics invariants of the diffraction engine, and agreement with skopi's direct sum."""
-import math
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import torch
 
 from simulate.engine import PatternEngine, ReciprocalVolume, diffraction_intensity, direct_amplitude
 from simulate.errors import GeometryError
-from simulate.form_factors import atomic_number, form_factor
+from simulate.form_factors import form_factor
 from simulate.geometry import (MASK_INVALID, MASK_SHADOWED, Geometry, default_geometry,
                                detector_mask, intensity_scale, q_max, reciprocal_vectors)
 from simulate.rotations import quaternion_to_matrix, random_quaternions

@@ -1,7 +1,6 @@
 """Shots: hit classes, noise statistics, fluence, masks and determinism."""
 import numpy as np
 import pytest
-import torch
 
 from simulate.engine import PatternEngine
 from simulate.geometry import Geometry, detector_mask

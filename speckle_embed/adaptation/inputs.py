@@ -31,7 +31,7 @@ def model_inputs(embedder, frames, mask=None, *, center=None, scale=None) -> tor
 
 def new_embedder(embedder, model):
     """A :class:`SpeckleEmbedder` around ``model`` with ``embedder``'s preprocessing and settings."""
-    from speckle_embed.embedder import SpeckleEmbedder
+    from speckle_embed.inference.embedder import SpeckleEmbedder
 
     return SpeckleEmbedder(model, embedder.preprocessing, device=embedder.device,
                            batch_size=embedder.batch_size, checkpoint_hash=None,

@@ -1,4 +1,4 @@
-"""Classification-time adaptation of a :class:`~speckle_embed.classifier.FewShotClassifier`.
+"""Classification-time adaptation of a :class:`~speckle_embed.fewshot.classifier.FewShotClassifier`.
 
 ``FewShotClassifier(adapt=...)`` names one option or a list, applied in this order:
 

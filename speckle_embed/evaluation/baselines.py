@@ -7,7 +7,7 @@ so the numbers sit beside the embedding's in every table (same supports, same qu
 Examples
 --------
 >>> import numpy as np
->>> from speckle_embed.evaluation.episodes import sample_episodes
+>>> from speckle_embed.fewshot.episodes import sample_episodes
 >>> from speckle_embed.evaluation.labelled import LabelledSet
 >>> rng = np.random.default_rng(0)
 >>> frames = np.concatenate([rng.poisson(0.2, (8, 16, 16)), rng.poisson(3.0, (8, 16, 16))]).astype(np.float32)
@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.base import clone
 
 from speckle_embed.baselines import BASELINES
-from speckle_embed.evaluation.episodes import Episode, evaluate_predictions
+from speckle_embed.fewshot.episodes import Episode, evaluate_predictions
 from speckle_embed.evaluation.labelled import LabelledSet
 
 __all__ = ["baseline_features", "evaluate_baselines", "baseline_predictions"]
@@ -70,7 +70,7 @@ def baseline_predictions(estimator, features: np.ndarray, ep: Episode) -> np.nda
 
 def evaluate_baselines(features: Mapping[str, tuple], episodes: Sequence[Episode], *,
                        structure_names: Sequence[str] | None = None) -> dict[str, dict]:
-    """:func:`~speckle_embed.evaluation.episodes.evaluate_predictions` of every baseline."""
+    """:func:`~speckle_embed.fewshot.episodes.evaluate_predictions` of every baseline."""
     return {name: evaluate_predictions(lambda ep, e=est, f=feats: baseline_predictions(e, f, ep), episodes,
                                        structure_names=structure_names)
             for name, (est, feats) in features.items()}

@@ -54,7 +54,7 @@ from speckle_embed.adaptation import (
 )
 from speckle_embed.data import DatasetError
 from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions
-from speckle_embed.evaluation.episodes import (
+from speckle_embed.fewshot.episodes import (
     Episode,
     evaluate_predictions,
     sample_episodes,
@@ -64,8 +64,8 @@ from speckle_embed.evaluation.labelled import (
     LabelledSet,
     load_labelled_sets,
 )
-from speckle_embed.fewshot_rules import get_rule
-from speckle_embed.index import SupportIndex
+from speckle_embed.fewshot.rules import get_rule
+from speckle_embed.fewshot.index import SupportIndex
 
 __all__ = [
     "ADAPTATIONS",

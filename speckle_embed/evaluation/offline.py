@@ -11,7 +11,7 @@ pooled numbers are reported too).
 * :func:`size_table` - per-structure accuracy against particle size (atoms);
 * :func:`tsne_embeddings` - a 2-D t-SNE map of embeddings with the supports of one episode.
 
-All take a :class:`~speckle_embed.embedder.SpeckleEmbedder` (or any object with its ``embed``)
+All take a :class:`~speckle_embed.inference.embedder.SpeckleEmbedder` (or any object with its ``embed``)
 and :class:`~speckle_embed.evaluation.labelled.LabelledSet` s.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from speckle_embed.evaluation.baselines import baseline_features, evaluate_baselines
-from speckle_embed.evaluation.episodes import Episode, evaluate_episodes, sample_episodes
+from speckle_embed.fewshot.episodes import Episode, evaluate_episodes, sample_episodes
 from speckle_embed.evaluation.labelled import LabelledSet, photon_frames
 
 __all__ = ["embed_sets", "kshot_protocol", "fluence_scan", "size_table", "tsne_embeddings",
@@ -106,7 +106,7 @@ def kshot_protocol(embedder, sets: Sequence[LabelledSet], *, k_shots: Sequence[i
     n_tasks : int
         Episodes per structure and K.
     rule : str
-        Decision rule (:mod:`speckle_embed.fewshot_rules`).
+        Decision rule (:mod:`speckle_embed.fewshot.rules`).
     embeddings : tuple (z, hit, structure), optional
         Precomputed :func:`embed_sets` output (baseline fluence).
     baselines : bool

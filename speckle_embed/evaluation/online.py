@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions, evaluate_baselines
-from speckle_embed.evaluation.episodes import Episode, evaluate_episodes
+from speckle_embed.fewshot.episodes import Episode, evaluate_episodes
 from speckle_embed.evaluation.labelled import LabelledSet
 from speckle_embed.evaluation.selection import selection_metrics
 
@@ -212,8 +212,8 @@ def finetune_embedder(embedder, frames: np.ndarray, hit: np.ndarray, mask: np.nd
     SpeckleEmbedder
         From the run's ``best.pt`` (validation 3-way 5-shot accuracy on the ``n_val`` frames).
     """
-    from speckle_embed.embedder import SpeckleEmbedder
-    from speckle_embed.train import train
+    from speckle_embed.inference.embedder import SpeckleEmbedder
+    from speckle_embed.train.loop import train
 
     run_dir = Path(os.fspath(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -301,9 +301,9 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
         selection over the query pool (plus ``"truth"``); ``masks``: per fraction, the mask
         used (file mask | detector-fraction mask); ``split`` sizes.
     """
-    from speckle_embed.fewshot_rules import get_rule
+    from speckle_embed.fewshot.rules import get_rule
     from speckle_embed.heads import head_from_config
-    from speckle_embed.index import SupportIndex
+    from speckle_embed.fewshot.index import SupportIndex
 
     classes = tuple(int(c) for c in classes)
     keep = np.isin(data.hit, classes)

@@ -117,7 +117,7 @@ def selection_metrics(predicted, truth) -> dict:
         ``n_frames`` (N), ``tp``, ``fp``, ``fn``, ``tn`` (ints).
 
         Undefined ratios are **0.0**, never nan (scikit-learn's ``zero_division=0``, and the
-        F1 of :mod:`~speckle_embed.evaluation.episodes`): the precision of an empty selection,
+        F1 of :mod:`~speckle_embed.fewshot.episodes`): the precision of an empty selection,
         the recall when there are no true single hits, and the F1 when both happen. An empty
         selection thus scores 0 everywhere except accuracy.
 

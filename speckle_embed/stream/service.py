@@ -71,8 +71,8 @@ def load_supports(folder) -> tuple[np.ndarray, list[str]]:
 
 def build_classifier(cfg: Mapping[str, Any]):
     """The classifier of ``cfg`` and the support frames/labels (None when loaded from a save)."""
-    from speckle_embed.classifier import FewShotClassifier
-    from speckle_embed.pretrained import load_pretrained
+    from speckle_embed.fewshot.classifier import FewShotClassifier
+    from speckle_embed.inference.pretrained import load_pretrained
 
     sup = load_supports(cfg["supports"]) if cfg.get("supports") else (None, None)
     if cfg.get("classifier"):

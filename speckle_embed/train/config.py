@@ -132,7 +132,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Validation episodes (see :mod:`speckle_embed.evaluation.episodes`).
+    """Validation episodes (see :mod:`speckle_embed.fewshot.episodes`).
 
     ``max_per_class``: validation frames kept per (structure, class), chosen once.
     """

@@ -53,6 +53,7 @@ import torch
 from speckle_embed.atomic import save_figure_atomically
 from speckle_embed.checkpoint import resolve_checkpoint_spec
 from speckle_embed.device import resolve_device
+from speckle_embed.fewshot.episodes import evaluate_episodes, sample_episodes
 from speckle_embed.losses import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletLoss
 from speckle_embed.models import build_model, model_config
 from speckle_embed.preprocess import Preprocessing, preprocess
@@ -327,8 +328,6 @@ class _Trainer:
         self.resumed_from = None
 
     def _setup_validation(self):
-        from speckle_embed.evaluation.episodes import sample_episodes
-
         ev = self.cfg.eval
         self.episodes = []
         self.val_inputs = None
@@ -519,8 +518,6 @@ class _Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from speckle_embed.evaluation.episodes import evaluate_episodes
-
         if not self.episodes:
             return {}
         self.model.eval()

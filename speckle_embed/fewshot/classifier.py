@@ -1,0 +1,811 @@
+"""Few-shot classification of diffraction frames: a scikit-learn-style estimator.
+
+:class:`FewShotClassifier` embeds support frames with a :class:`~speckle_embed.inference.embedder.SpeckleEmbedder`,
+keeps them in a FAISS :class:`~speckle_embed.fewshot.index.SupportIndex` and classifies queries with one
+of the rules of :mod:`speckle_embed.fewshot.rules` (``"mean_distance"``, SpeckleNN's rule;
+``"prototype"``; ``"knn"``)::
+
+    import speckle_embed as se
+    emb = se.SpeckleEmbedder.from_checkpoint("best.pt")
+    clf = se.FewShotClassifier(emb, rule="mean_distance").fit(support_frames, support_labels)
+    clf.register("single", five_more_frames)        # incremental; new classes allowed
+    clf.predict(queries), clf.predict_proba(queries)
+    clf.save("clf/"); clf = se.FewShotClassifier.load("clf/")
+
+Saved classifier layout (one directory, written atomically: a ``<dir>.<pid>-<hex>.tmp`` sibling
+renamed into place)::
+
+    classifier.json   format, rule parameters, class names, support counts, threshold, the
+                      embedder's checkpoint hash and preprocessing, SHA-256 of the files below
+    index.npz         SupportIndex.save (FAISS flat index, ids, integer labels 0..C-1)
+    embedder.pt       the embedder's weights (a copy of its checkpoint file while the weights in
+                      memory are still those of the file), so that load() works standalone
+
+Only these three files belong to the classifier: saving over a saved classifier replaces them
+and keeps any other file of the folder (a user's ``notes.txt``). Loading reads ``embedder.pt``
+with ``torch.load(weights_only=True)`` only; the SHA-256 list in ``classifier.json`` detects
+damage, not tampering (``docs/reliability.md``, "Trust model").
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, load_adaptation, parse_adapt, save_adaptation
+from speckle_embed.atomic import build_directory_atomically, read_format_json
+from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
+from speckle_embed.estimator import NotFittedError
+from speckle_embed.fewshot.index import SupportIndex
+from speckle_embed.fewshot.rules import (
+    RULES,
+    UNKNOWN,
+    calibrate_rejection_threshold,
+    get_rule,
+    knn,
+    scores_to_proba,
+)
+from speckle_embed.frame_checks import warn_empty
+from speckle_embed.inference.embedder import SpeckleEmbedder
+
+__all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "ClassifierFileError",
+           "CLASSIFIER_FORMAT"]
+
+#: ``format`` of ``classifier.json``.
+CLASSIFIER_FORMAT = "speckle_embed-classifier-1"
+_JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
+_ADAPTATION = "adaptation.npz"  # only when fit(..., unlabelled=) adapted the classifier
+_OWN_FILES = (_JSON, _INDEX, _EMBEDDER, _ADAPTATION)  # everything else in a classifier folder is the user's
+_DEFAULT_TEMPERATURE = {"mean_distance": 0.1, "prototype": 0.1, "knn": 1.0}
+
+
+class ClassifierFileError(ValueError):
+    """A saved classifier is incomplete, corrupt or inconsistent; the message names the file."""
+
+
+class ClassificationResult(NamedTuple):
+    """Everything :meth:`FewShotClassifier.classify` computes for a batch of queries.
+
+    Attributes
+    ----------
+    labels : ndarray, shape (m,)
+        Predicted class labels (the unknown label where rejected).
+    codes : ndarray of int64, shape (m,)
+        Index into ``classes_``, ``-1`` where rejected.
+    distances : ndarray of float64, shape (m, n_classes)
+        The rule's per-class distances (smaller = closer).
+    proba : ndarray of float64, shape (m, n_classes)
+        Softmax of ``-distances / temperature``.
+    empty : ndarray of bool, shape (m,)
+        Frames with no photons or no contrast in the model's field of view (all zero,
+        constant): their label and probabilities are meaningless
+        (:mod:`speckle_embed.frame_checks`). Appended last, so indices 0-3 and construction
+        from four values are unchanged (``None`` then); unpack by attribute, not as a 4-tuple.
+    """
+
+    labels: np.ndarray
+    codes: np.ndarray
+    distances: np.ndarray
+    proba: np.ndarray
+    empty: np.ndarray | None = None
+
+
+def _label_kind(values: list) -> str:
+    kinds = set()
+    for v in values:
+        if isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"class labels must be strings or integers; got the boolean {v!r}")
+        if isinstance(v, (str, np.str_)):
+            kinds.add("str")
+        elif isinstance(v, (int, np.integer)):
+            kinds.add("int")
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            raise ValueError(f"class labels must be strings or integers; got the float {v!r} "
+                             "(convert integer-valued float labels with .astype(int))")
+        else:
+            raise ValueError(f"class labels must be strings or integers; got {v!r} ({type(v).__name__})")
+    if len(kinds) > 1:
+        raise ValueError("class labels mix strings and integers; use one type")
+    return kinds.pop() if kinds else "int"
+
+
+def _as_label_list(y: Any) -> list:
+    if hasattr(y, "detach") and hasattr(y, "cpu"):
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y, dtype=object) if not isinstance(y, np.ndarray) else y
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D (one label per support frame); got shape {arr.shape}")
+    out = []
+    for v in arr.tolist():
+        out.append(v.decode() if isinstance(v, bytes) else v)
+    return out
+
+
+def _labels_array(values: list, kind: str) -> np.ndarray:
+    if kind == "str":
+        return np.array([str(v) for v in values], dtype=str) if values else np.empty(0, dtype=str)
+    return np.array([int(v) for v in values], dtype=np.int64)
+
+
+class FewShotClassifier:
+    """Classify diffraction frames from a few labelled examples per class.
+
+    Parameters
+    ----------
+    embedder : SpeckleEmbedder
+        Maps frames to unit-norm embeddings.
+    rule : {"mean_distance", "prototype", "knn"} or callable, default "mean_distance"
+        Decision rule (:mod:`speckle_embed.fewshot.rules`): mean squared L2 distance to the
+        supports of each class (SpeckleNN), distance to the class mean, or majority vote of the
+        ``k`` nearest supports. A callable ``rule(index, queries, *, n_classes)`` works too (not
+        savable).
+    k : int, default 5
+        Neighbours for ``rule="knn"``; capped at the number of supports.
+    temperature : float, optional
+        Softmax temperature of :meth:`predict_proba` (``proba = softmax(-distance / T)``). Default
+        0.1 for the distance rules (squared distances of unit vectors lie in [0, 4]) and 1.0 for
+        ``"knn"`` (whose scores count votes).
+    reject_quantile : float in (0, 1], optional
+        Enables rejection: a query farther from every class than the ``reject_quantile``
+        quantile of the supports' leave-one-out distances to their own class is answered
+        "unknown" by :meth:`predict`. Needs at least 2 supports per class.
+    unknown_label : str or int, optional
+        What :meth:`predict` answers for a rejected query: default ``"unknown"`` for string
+        classes and ``-1`` for integer classes.
+    scale, center : optional
+        Passed to :meth:`SpeckleEmbedder.embed` for supports and queries alike (``scale`` a
+        float or ``"auto"``; ``center`` ``(row, col)`` or ``"auto"``).
+    use_gpu : {"auto", True, False}, default "auto"
+        Where the :class:`SupportIndex` searches.
+    adapt : None, {"prototypes", "batchnorm", "finetune"} or list of them, default None
+        Classification-time adaptation done by :meth:`fit` (:mod:`speckle_embed.adaptation`):
+        ``"batchnorm"`` re-estimates the network's BatchNorm statistics on ``fit(...,
+        unlabelled=frames)``; ``"finetune"`` fine-tunes a copy of the embedding on the
+        augmented supports (<= 60 s by default); ``"prototypes"`` refines the class
+        prototypes by soft k-means over the unlabelled frames and classifies by the distance
+        to them (instead of ``rule``). Off by default: on the held-out PR772-like set none
+        beat the frozen embedding (README, "Adaptation at classification time").
+    adapt_options : dict, optional
+        Per-option overrides, e.g. ``{"finetune": {"budget_s": 30}}`` (defaults in
+        :data:`speckle_embed.adaptation.ADAPTATIONS`).
+
+    Attributes
+    ----------
+    classes_ : ndarray, shape (n_classes,)
+        Class labels (str or int64); :meth:`fit` sorts them, :meth:`register` appends new ones.
+    n_supports_ : ndarray of int64, shape (n_classes,)
+        Supports per class.
+    index_ : SupportIndex
+        Support embeddings with integer labels ``0 .. n_classes-1`` (positions in ``classes_``).
+    threshold_ : float or None
+        Rejection threshold (``None`` without ``reject_quantile``).
+    embedding_size_ : int
+    adaptation_ : AdaptationState or None
+        What ``adapt`` changed (adapted embedder copy, refined prototypes, timings).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> emb = SpeckleEmbedder.random_init(device="cpu")
+    >>> yy, xx = np.mgrid[:128, :128] - 63.5
+    >>> rings = np.stack([100 * (np.cos(np.hypot(yy, xx) / p) > 0) for p in (2, 2.2, 2.4)])
+    >>> stripes = np.stack([100 * (np.cos(xx / p) > 0) for p in (2, 2.2, 2.4)])
+    >>> clf = FewShotClassifier(emb).fit(np.concatenate([rings, stripes]), ["ring"] * 3 + ["stripe"] * 3)
+    >>> clf.classes_.tolist(), clf.n_supports_.tolist()
+    (['ring', 'stripe'], [3, 3])
+    >>> clf.predict(np.stack([100 * (np.cos(xx / 2.1) > 0)])).tolist()
+    ['stripe']
+    """
+
+    def __init__(self, embedder: SpeckleEmbedder, rule: Any = "mean_distance", k: int = 5,
+                 temperature: float | None = None, reject_quantile: float | None = None, *,
+                 unknown_label: str | int | None = None, scale: Any = None, center: Any = None,
+                 use_gpu: bool | str = "auto", adapt: Any = None, adapt_options: dict | None = None):
+        self.embedder = embedder
+        self.rule = rule
+        self.k = k
+        self.temperature = temperature
+        self.reject_quantile = reject_quantile
+        self.unknown_label = unknown_label
+        self.scale = scale
+        self.center = center
+        self.use_gpu = use_gpu
+        self.adapt = adapt
+        self.adapt_options = adapt_options
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    _PARAMS = ("rule", "k", "temperature", "reject_quantile", "unknown_label", "scale", "center", "use_gpu",
+               "adapt", "adapt_options")
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor parameters (``embedder`` included), as scikit-learn's ``get_params``."""
+        return {"embedder": self.embedder, **{p: getattr(self, p) for p in self._PARAMS}}
+
+    def set_params(self, **params) -> "FewShotClassifier":
+        """Set constructor parameters; returns ``self``. Refit to apply ``rule``/``reject_quantile``."""
+        for key, value in params.items():
+            if key != "embedder" and key not in self._PARAMS:
+                raise ValueError(f"invalid parameter {key!r} for FewShotClassifier")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{p}={getattr(self, p)!r}" for p in ("rule", "k", "temperature", "reject_quantile")
+                         if getattr(self, p) != {"rule": "mean_distance", "k": 5}.get(p))
+        fitted = (f"; {len(self.classes_)} classes, {int(self.n_supports_.sum())} supports"
+                  if self._is_fitted() else "")
+        return f"FewShotClassifier({args}){fitted}"
+
+    def _is_fitted(self) -> bool:
+        return getattr(self, "index_", None) is not None and getattr(self, "classes_", None) is not None
+
+    def _check_fitted(self) -> None:
+        if not self._is_fitted():
+            raise NotFittedError("this FewShotClassifier has no supports yet: call fit() or register() first")
+
+    def _check_params(self) -> None:
+        if isinstance(self.rule, str) and self.rule not in RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; choose one of {sorted(RULES)} or pass a callable")
+        if not isinstance(self.rule, str) and not callable(self.rule):
+            raise ValueError(f"rule must be a rule name or a callable; got {self.rule!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"k must be a positive integer; got {self.k!r}")
+        t = self.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float, np.number))
+                              or not math.isfinite(t) or t <= 0):
+            raise ValueError(f"temperature must be a positive number; got {t!r}")
+        q = self.reject_quantile
+        if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float, np.number))
+                              or not 0.0 < q <= 1.0):
+            raise ValueError(f"reject_quantile must be in (0, 1] or None; got {q!r}")
+        if not isinstance(self.embedder, SpeckleEmbedder):
+            raise TypeError(f"embedder must be a SpeckleEmbedder; got {type(self.embedder).__name__}")
+        parse_adapt(self.adapt)
+
+    # ------------------------------------------------------------------ fitting
+    def _embed(self, frames, mask) -> np.ndarray:
+        state = getattr(self, "adaptation_", None)
+        emb = self.embedder if state is None or state.embedder is None else state.embedder
+        return emb.embed(frames, mask, scale=self.scale, center=self.center)
+
+    def fit(self, X, y, *, mask=None, classes=None, unlabelled=None,
+            unlabelled_mask=None) -> "FewShotClassifier":
+        """Replace the support set by ``X`` with labels ``y``.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, H, W)
+            Support frames (photons, any real dtype).
+        y : array_like of str or int, shape (n,)
+            Class of each frame.
+        mask : array_like, shape (H, W) or (n, H, W), optional
+            Bad pixels (non-zero), see :meth:`SpeckleEmbedder.embed`.
+        classes : sequence of str or int, optional
+            The full list of classes, in the order of ``classes_``; each must have at least one
+            support. Default: the sorted distinct labels of ``y``.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Empty support set, labels of the wrong length or type, a class of ``classes`` with
+            no supports, a label not in ``classes``, frames with bad dimensions or NaN-only frames
+            (the embedder names the frame); an ``adapt`` option that needs ``unlabelled``
+            without it.
+        unlabelled : array_like, shape (M, H, W), optional
+            The run's unlabelled frames (queries may be among them), for ``adapt``.
+        unlabelled_mask : array_like, optional
+            Their bad pixels (default ``mask``).
+        """
+        self._check_params()
+        labels = _as_label_list(y)
+        shape = tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
+        if len(shape) not in (2, 3):
+            raise ValueError(f"X must have shape (n, H, W) (or (H, W) for one frame); got shape {shape}")
+        n_frames = 1 if len(shape) == 2 else int(shape[0])
+        if n_frames == 0 or not labels:
+            raise ValueError("empty support set: fit() needs at least one support frame per class")
+        if len(labels) != n_frames:
+            raise ValueError(f"y has {len(labels)} labels but X has {n_frames} frames")
+        kind = _label_kind(labels)
+        if classes is None:
+            names = sorted(set(labels))
+        else:
+            names = _as_label_list(list(classes))
+            if _label_kind(names) != kind and names:
+                raise ValueError("classes and y mix strings and integers")
+            if len(set(names)) != len(names):
+                raise ValueError(f"classes contains duplicates: {names}")
+            unknown = sorted(set(labels) - set(names), key=str)
+            if unknown:
+                raise ValueError(f"label {unknown[0]!r} of y is not in classes={names}")
+            counts = {c: 0 for c in names}
+            for v in labels:
+                counts[v] += 1
+            empty = [c for c in names if counts[c] == 0]
+            if empty:
+                raise ValueError(f"class {empty[0]!r} has no supports: every class needs at least one "
+                                 "support frame")
+        self._check_unknown_label(names, kind)
+        lookup = {c: i for i, c in enumerate(names)}
+        codes = np.array([lookup[v] for v in labels], dtype=np.int64)
+        options = parse_adapt(self.adapt)
+        umask = mask if unlabelled_mask is None else unlabelled_mask
+        self.adaptation_ = None
+        if options:  # the embedding-changing options come first: supports are embedded with the result
+            self.adaptation_ = adapt_embedder(self.embedder, options, X, codes, mask, unlabelled, umask,
+                                              center=self.center, scale=self.scale,
+                                              adapt_options=self.adapt_options)
+        Z = self._embed(X, mask)
+        index = SupportIndex(Z.shape[1], metric="l2", use_gpu=self.use_gpu)
+        index.add(Z, codes)
+        self._set_state(index, _labels_array(names, kind), kind)
+        if options:
+            adapt_prototypes(self.adaptation_, Z, codes, None if unlabelled is None else self._embed(unlabelled, umask),
+                             len(names), adapt_options=self.adapt_options)
+        return self
+
+    def register(self, label, frames, mask=None) -> "FewShotClassifier":
+        """Add support frames of one class (a new class is appended to ``classes_``).
+
+        Parameters
+        ----------
+        label : str or int
+        frames : array_like, shape (n, H, W) or (H, W)
+        mask : array_like, optional
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        if getattr(self, "adaptation_", None) is not None:
+            raise ValueError("this classifier was adapted (adapt=...) to its supports and unlabelled frames; "
+                             "to add supports refit with fit(X, y, unlabelled=frames)")
+        label = label.decode() if isinstance(label, bytes) else label
+        if isinstance(label, np.generic):
+            label = label.item()
+        kind = _label_kind([label])
+        shape = tuple(frames.shape) if hasattr(frames, "shape") else np.shape(frames)
+        if len(shape) not in (2, 3):
+            raise ValueError(f"frames must have shape (n, H, W) or (H, W); got shape {shape}")
+        if len(shape) == 3 and shape[0] == 0:
+            raise ValueError(f"register({label!r}, ...) got no frames")
+        Z = self._embed(frames, mask)
+        if not self._is_fitted():
+            self._check_unknown_label([label], kind)
+            index = SupportIndex(Z.shape[1], metric="l2", use_gpu=self.use_gpu)
+            index.add(Z, np.zeros(Z.shape[0], dtype=np.int64))
+            self._set_state(index, _labels_array([label], kind), kind)
+            return self
+        if kind != self._label_kind_:
+            raise ValueError(f"label {label!r} is a {'string' if kind == 'str' else 'integer'} but this "
+                             f"classifier's classes are {'strings' if self._label_kind_ == 'str' else 'integers'}")
+        names = self.classes_.tolist()
+        if label in names:
+            code = names.index(label)
+        else:
+            self._check_unknown_label([label], kind)
+            names.append(label)
+            code = len(names) - 1
+        if Z.shape[1] != self.index_.dim:
+            raise ValueError(f"the embedder gives {Z.shape[1]}-D embeddings but the supports are "
+                             f"{self.index_.dim}-D")
+        self.index_.add(Z, np.full(Z.shape[0], code, dtype=np.int64))
+        self._set_state(self.index_, _labels_array(names, kind), kind)
+        return self
+
+    def _check_unknown_label(self, names, kind) -> None:
+        if self.reject_quantile is None:
+            return
+        unk = self._unknown_for(kind)
+        if unk in names:
+            raise ValueError(f"{unk!r} is a class label but also the answer for rejected queries; "
+                             "pass another unknown_label=")
+
+    def _unknown_for(self, kind: str):
+        if self.unknown_label is not None:
+            return self.unknown_label
+        return "unknown" if kind == "str" else UNKNOWN
+
+    def _set_state(self, index: SupportIndex, classes: np.ndarray, kind: str) -> None:
+        counts = np.bincount(index.labels_, minlength=len(classes)).astype(np.int64)
+        self.index_ = index
+        self.classes_ = classes
+        self._label_kind_ = kind
+        self.n_supports_ = counts
+        self.embedding_size_ = int(index.dim)
+        self.checkpoint_hash_ = self.embedder.checkpoint_hash
+        self.threshold_ = None
+        if self.reject_quantile is not None:
+            few = np.flatnonzero(counts < 2)
+            if few.size:
+                raise ValueError(f"rejection (reject_quantile={self.reject_quantile}) needs at least 2 "
+                                 f"supports per class for its leave-one-out calibration; class "
+                                 f"{classes[few[0]]!r} has {counts[few[0]]}")
+            kw = {"n_classes": len(classes), "use_gpu": self.use_gpu}
+            if get_rule(self.rule) is knn:
+                kw["k"] = min(int(self.k), index.ntotal - 1)
+            self.threshold_ = calibrate_rejection_threshold(
+                index.get_embeddings(), index.labels_, self.rule, float(self.reject_quantile), **kw)
+
+    # ------------------------------------------------------------------ inference
+    def _k_eff(self) -> int:
+        return max(1, min(int(self.k), self.index_.ntotal))
+
+    def _temperature(self) -> float:
+        if self.temperature is not None:
+            return float(self.temperature)
+        return _DEFAULT_TEMPERATURE.get(self.rule, 1.0) if isinstance(self.rule, str) else 1.0
+
+    def _scores(self, Z: np.ndarray) -> np.ndarray:
+        state = getattr(self, "adaptation_", None)
+        if state is not None and state.prototypes is not None:
+            return state.distances(Z)
+        fn = get_rule(self.rule)
+        kw: dict[str, Any] = {"n_classes": len(self.classes_)}
+        if fn is knn:
+            kw["k"] = self._k_eff()
+        return fn(self.index_, Z, **kw)
+
+    def _codes(self, dist: np.ndarray) -> np.ndarray:
+        codes = dist.argmin(axis=1).astype(np.int64)
+        if self.threshold_ is not None:
+            codes[dist.min(axis=1) > self.threshold_] = UNKNOWN
+        return codes
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        unk = self._unknown_for(self._label_kind_)
+        if self._label_kind_ == "str":
+            names = self.classes_.tolist() + [str(unk)]
+            return np.array([names[c] for c in codes], dtype=str) if codes.size else np.empty(0, dtype=str)
+        out = self.classes_[np.clip(codes, 0, None)] if codes.size else np.empty(0, dtype=np.int64)
+        return np.where(codes == UNKNOWN, int(unk), out).astype(np.int64)
+
+    def transform(self, X, mask=None) -> np.ndarray:
+        """Embeddings of ``X`` (``embedder.embed`` with this classifier's ``scale``/``center``)."""
+        return self._embed(X, mask)
+
+    def decision_distances(self, X, mask=None) -> np.ndarray:
+        """Per-class distances of the rule, smaller = closer.
+
+        Returns
+        -------
+        ndarray of float64, shape (m, n_classes)
+            Columns in ``classes_`` order. Squared L2 for ``"mean_distance"``/``"prototype"``;
+            ordinal vote scores for ``"knn"`` (see :func:`speckle_embed.fewshot.rules.knn`).
+        """
+        self._check_fitted()
+        return self._scores(self._embed(X, mask))
+
+    def classify(self, X, mask=None) -> ClassificationResult:
+        """Labels, codes, distances, probabilities and empty flags from one embedding pass.
+
+        Frames smaller than the model's field of view raise ``ValueError`` (as every method
+        that embeds frames); frames with no photons or no contrast in it are classified but
+        flagged in ``result.empty`` and reported by one
+        :class:`~speckle_embed.frame_checks.EmptyFrameWarning` (how many, which indices).
+        """
+        self._check_fitted()
+        Z, empty = self.embedder.embed(X, mask, scale=self.scale, center=self.center, return_empty=True)
+        warn_empty(empty)
+        dist = self._scores(Z)
+        codes = self._codes(dist)
+        return ClassificationResult(self._decode(codes), codes, dist,
+                                    scores_to_proba(dist, self._temperature()), empty)
+
+    def predict(self, X, mask=None) -> np.ndarray:
+        """Class of each query (the closest by the rule; "unknown" where rejected).
+
+        Returns
+        -------
+        ndarray, shape (m,)
+            Labels from ``classes_`` (str or int64), or the unknown label.
+        """
+        self._check_fitted()
+        return self._decode(self._codes(self._scores(self._embed(X, mask))))
+
+    def predict_proba(self, X, mask=None) -> np.ndarray:
+        """Class probabilities ``softmax(-distances / temperature)``; rows sum to 1.
+
+        Rejection does not change them (there is no "unknown" column).
+
+        Returns
+        -------
+        ndarray of float64, shape (m, n_classes)
+        """
+        self._check_fitted()
+        return scores_to_proba(self._scores(self._embed(X, mask)), self._temperature())
+
+    def kneighbors(self, X, k: int = 5, mask=None, *, return_ids: bool = False):
+        """The ``k`` nearest supports of each query.
+
+        Parameters
+        ----------
+        X : array_like, shape (m, H, W)
+        k : int, default 5
+            ``1 <= k <= n_supports``.
+        return_ids : bool, default False
+            Also return the supports' ids in ``index_``.
+
+        Returns
+        -------
+        distances : ndarray of float32, shape (m, k)
+            Squared L2 distances, ascending.
+        labels : ndarray, shape (m, k)
+            Class labels of the neighbours.
+        ids : ndarray of int64, shape (m, k)
+            Only with ``return_ids=True``.
+        """
+        self._check_fitted()
+        n = self.index_.ntotal
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+            raise ValueError(f"k must be an integer in [1, n_supports={n}]; got {k!r}")
+        dist, codes, ids = self.index_.search(self._embed(X, mask), int(k))
+        labels = self.classes_[codes]
+        return (dist, labels, ids) if return_ids else (dist, labels)
+
+    def score(self, X, y, mask=None) -> float:
+        """Accuracy of :meth:`predict` against labels ``y``."""
+        pred = self.predict(X, mask)
+        truth = np.asarray(_as_label_list(y), dtype=pred.dtype)
+        if truth.shape != pred.shape:
+            raise ValueError(f"y has {truth.shape[0]} labels but X has {pred.shape[0]} frames")
+        return float((pred == truth).mean())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the classifier to ``directory`` atomically (layout in the module docstring).
+
+        The classifier's files are built in a ``<directory>.<pid>-<hex>.tmp`` sibling and the
+        folder swapped into place; saving over a saved classifier replaces its three files and
+        keeps any other file there. A non-empty directory that is not a saved classifier is refused.
+
+        ``embedder.pt`` holds the weights in use: the embedder's checkpoint file is copied only
+        while the weights in memory still match it (:meth:`SpeckleEmbedder.weights_match_checkpoint`);
+        otherwise (weights changed since loading, no file, or a file that needed
+        ``trust_checkpoint=True``) the current weights are written as plain data. Weights that
+        changed get a new identity: the new file's hash becomes the embedder's and the
+        classifier's ``checkpoint_hash``.
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        FileExistsError
+            ``directory`` is a file, or a non-empty folder without ``classifier.json``.
+        ValueError
+            A callable rule, or the embedder was replaced by another one since fitting.
+        """
+        self._check_fitted()
+        if not isinstance(self.rule, str):
+            raise ValueError("a classifier with a custom (callable) rule cannot be saved")
+        directory = Path(os.fspath(directory)).expanduser().absolute()
+        if directory.exists():
+            if not directory.is_dir():
+                raise FileExistsError(f"{directory} exists and is not a directory")
+            if any(directory.iterdir()) and not (directory / _JSON).exists():
+                raise FileExistsError(f"refusing to overwrite {directory}: a non-empty directory that "
+                                      "does not hold a saved FewShotClassifier")
+        emb = self.embedder
+        if self.checkpoint_hash_ is not None and self.checkpoint_hash_ != emb.checkpoint_hash:
+            raise ValueError(f"the embedder changed since fit (checkpoint {self.checkpoint_hash_} -> "
+                             f"{emb.checkpoint_hash}); refit before saving")
+        same_weights = emb.weights_match_checkpoint()
+        identity: dict[str, str] = {}
+
+        def write(tmp: Path) -> None:
+            self.index_.save(tmp / _INDEX)
+            src = emb.checkpoint_path
+            if (same_weights and emb._file_is_plain and src is not None and Path(src).is_file()
+                    and file_hash(src) == emb.checkpoint_hash):
+                shutil.copyfile(src, tmp / _EMBEDDER)
+                identity["hash"] = emb.checkpoint_hash
+            else:  # the weights in use, as plain data; unchanged weights keep their identity
+                digest = write_checkpoint(emb.checkpoint_dict(), tmp / _EMBEDDER)
+                identity["hash"] = emb.checkpoint_hash if (same_weights and emb.checkpoint_hash) else digest
+            prep = emb.preprocessing.to_dict()
+            meta = {
+                "format": CLASSIFIER_FORMAT,
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "params": {"rule": self.rule, "k": int(self.k), "temperature": self.temperature,
+                           "reject_quantile": self.reject_quantile, "unknown_label": self.unknown_label,
+                           "scale": self.scale, "center": None if self.center is None else
+                           (self.center if isinstance(self.center, str) else [float(c) for c in self.center])},
+                "label_kind": self._label_kind_,
+                "classes": self.classes_.tolist(),
+                "n_supports": self.n_supports_.tolist(),
+                "threshold": self.threshold_,
+                "embedding_size": self.embedding_size_,
+                "embedder": {"checkpoint_hash": identity["hash"], "file": _EMBEDDER,
+                             "preprocessing": prep, "reference_speckle_px": emb.reference_speckle_px},
+                "files": {_INDEX: sha256_file(tmp / _INDEX), _EMBEDDER: sha256_file(tmp / _EMBEDDER)},
+            }
+            if getattr(self, "adaptation_", None) is not None:
+                meta["adaptation"] = save_adaptation(self.adaptation_, tmp / _ADAPTATION)
+                meta["files"][_ADAPTATION] = sha256_file(tmp / _ADAPTATION)
+            with open(tmp / _JSON, "w") as f:
+                json.dump(meta, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+        out = build_directory_atomically(directory, write, own=_OWN_FILES)
+        if identity["hash"] != emb.checkpoint_hash or not (same_weights and emb._file_is_plain):
+            # the embedder is now identified by (and can be reloaded from) the file just written
+            emb.checkpoint_hash = identity["hash"]
+            emb.checkpoint_path = directory / _EMBEDDER
+            emb._file_fingerprint = emb.weights_fingerprint()
+            emb._file_is_plain = True
+        self.checkpoint_hash_ = identity["hash"]
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, embedder: SpeckleEmbedder | None = None, *,
+             device: str = "auto", use_gpu: bool | str = "auto",
+             trust_checkpoint: bool = False) -> "FewShotClassifier":
+        """Read a classifier written by :meth:`save`.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+        embedder : SpeckleEmbedder, optional
+            Use this embedder instead of the saved copy; its ``checkpoint_hash`` must equal the
+            saved one.
+        device : str, default "auto"
+            Device of the saved embedder copy (when ``embedder`` is not given).
+        use_gpu : {"auto", True, False}, default "auto"
+        trust_checkpoint : bool, default False
+            Explicit opt-in for a folder **you trust** whose ``embedder.pt`` needs more than plain
+            data to load (an old file): it is then unpickled in full, which can run code it
+            contains. Convert such a folder once with ``FewShotClassifier.load(old,
+            trust_checkpoint=True).save(new)``. Without it the file is refused
+            (:class:`~speckle_embed.checkpoint.UntrustedCheckpointError`) and nothing in it runs.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such directory, or it holds no ``classifier.json``.
+        ClassifierFileError
+            (a ``ValueError``) A file is corrupt (bad JSON, checksum mismatch, unreadable index or
+            checkpoint), a value of ``classifier.json`` is invalid, or the files disagree; the
+            message names the file and the key.
+        UntrustedCheckpointError
+            (a ``ValueError``) ``embedder.pt`` needs arbitrary objects to load and
+            ``trust_checkpoint`` is False.
+        ValueError
+            ``embedder`` is not the one the classifier was fitted with.
+        """
+        directory = Path(os.fspath(directory)).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"saved classifier directory {directory} does not exist")
+        jpath = directory / _JSON
+        meta = read_format_json(jpath, CLASSIFIER_FORMAT, ClassifierFileError, "FewShotClassifier")
+        try:
+            params = dict(meta["params"])
+            kind = meta["label_kind"]
+            names = list(meta["classes"])
+            n_supports = [int(v) for v in meta["n_supports"]]
+            files = dict(meta["files"])
+            saved_hash = meta["embedder"]["checkpoint_hash"]
+            threshold = meta["threshold"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClassifierFileError(f"{jpath} lacks or garbles a field: {exc!r}") from exc
+        _check_saved_fields(jpath, kind, names, threshold)
+
+        def check(name: str) -> Path:
+            p = directory / name
+            if not p.is_file():
+                raise ClassifierFileError(f"{p} is missing from the saved classifier")
+            want = files.get(name)
+            if want is not None and sha256_file(p) != want:
+                raise ClassifierFileError(f"{p} is corrupt: its SHA-256 differs from the one recorded in "
+                                          f"{jpath.name} (modified or truncated after saving)")
+            return p
+
+        ipath = check(_INDEX)
+        try:
+            index = SupportIndex.load(ipath, use_gpu=use_gpu)
+        except Exception as exc:  # noqa: BLE001
+            raise ClassifierFileError(f"{ipath} cannot be read as a SupportIndex: {exc}") from exc
+
+        if embedder is None:
+            epath = check(_EMBEDDER)
+            try:
+                embedder = SpeckleEmbedder.from_checkpoint(epath, device=device,
+                                                           trust_checkpoint=trust_checkpoint)
+            except UntrustedCheckpointError:
+                raise
+            except (ValueError, OSError) as exc:
+                raise ClassifierFileError(f"{epath}: {exc}") from exc
+            embedder.checkpoint_hash = saved_hash  # identity of the original checkpoint
+        elif not isinstance(embedder, SpeckleEmbedder):
+            raise TypeError(f"embedder must be a SpeckleEmbedder; got {type(embedder).__name__}")
+        elif embedder.checkpoint_hash != saved_hash:
+            raise ValueError(
+                f"the classifier in {directory} was fitted with the embedder of checkpoint hash "
+                f"{saved_hash!r}, but the given embedder has {embedder.checkpoint_hash!r}: its "
+                "embeddings are not comparable with the stored supports. Load without embedder= to "
+                "use the saved copy of the original, or refit with the new embedder.")
+
+        clf = cls(embedder, **{k: v for k, v in params.items() if k in cls._PARAMS}, use_gpu=use_gpu)
+        if isinstance(clf.center, list):
+            clf.center = tuple(clf.center)
+        _check_supports(ipath, jpath, index, names, n_supports)
+        try:
+            classes = _labels_array(names, kind)
+        except (TypeError, ValueError) as exc:
+            raise ClassifierFileError(f"{jpath}: key 'classes' holds {names!r}, which are not all "
+                                      f"{'integers' if kind == 'int' else 'strings'} as key 'label_kind' "
+                                      f"= {kind!r} says ({exc}); restore the file or re-save the "
+                                      "classifier") from exc
+        if index.dim != embedder.embedding_size:
+            raise ClassifierFileError(f"{ipath} holds {index.dim}-D supports but the embedder gives "
+                                      f"{embedder.embedding_size}-D embeddings")
+        clf.index_ = index
+        clf.classes_ = classes
+        clf._label_kind_ = kind
+        clf.n_supports_ = np.asarray(n_supports, dtype=np.int64)
+        clf.embedding_size_ = int(index.dim)
+        clf.checkpoint_hash_ = saved_hash
+        clf.threshold_ = None if threshold is None else float(threshold)
+        clf.adaptation_ = None
+        if meta.get("adaptation") is not None:
+            apath = check(_ADAPTATION)
+            try:
+                clf.adaptation_ = load_adaptation(apath, meta["adaptation"], embedder)
+                clf.adapt = list(clf.adaptation_.options)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise ClassifierFileError(f"{apath} cannot be read as the classifier's adaptation: {exc}") from exc
+        return clf
+
+
+_REFIX = "restore the file from a backup or re-save the classifier with clf.save(); do not edit it by hand"
+
+
+def _check_saved_fields(jpath: Path, kind: Any, names: list, threshold: Any) -> None:
+    """Refuse impossible ``label_kind`` / ``classes`` / ``threshold`` values of ``classifier.json``."""
+    if kind not in ("str", "int"):
+        raise ClassifierFileError(f"{jpath}: key 'label_kind' is {kind!r}; expected 'str' or 'int' ({_REFIX})")
+    if not names:
+        raise ClassifierFileError(f"{jpath}: key 'classes' is empty; a saved classifier has at least one class "
+                                  f"({_REFIX})")
+    if len(set(map(repr, names))) != len(names):
+        raise ClassifierFileError(f"{jpath}: key 'classes' has duplicates: {names!r} ({_REFIX})")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise ClassifierFileError(f"{jpath}: key 'threshold' is {threshold!r}; expected a finite number or "
+                                  f"null (no rejection) ({_REFIX})")
+
+
+def _check_supports(ipath: Path, jpath: Path, index: SupportIndex, names: list, n_supports: list[int]) -> None:
+    """The index's supports per class code must match ``classes`` and ``n_supports`` of the JSON."""
+    counts = np.bincount(index.labels_, minlength=len(names)).tolist() if index.ntotal else []
+    if len(counts) > len(names):
+        extra = {code: counts[code] for code in range(len(names), len(counts)) if counts[code]}
+        raise ClassifierFileError(
+            f"{jpath}: key 'classes' lists {len(names)} class(es) {names!r} but {ipath.name} holds supports of "
+            f"{len(counts)} classes: no class name for label code(s) {sorted(extra)} "
+            f"(supports: {extra}) - a class is missing from 'classes' ({_REFIX})")
+    empty = [names[i] for i, c in enumerate(counts) if c == 0] if counts else list(names)
+    if empty:
+        raise ClassifierFileError(
+            f"{jpath}: key 'classes' lists {empty!r}, which have no supports in {ipath.name} (extra "
+            f"class(es); the index has supports for {[n for n in names if n not in empty]!r}) ({_REFIX})")
+    if len(n_supports) != len(names) or counts != n_supports:
+        diff = [f"{names[i]!r}: {counts[i]} in {ipath.name}, {n_supports[i] if i < len(n_supports) else 'none'} "
+                f"in {jpath.name}" for i in range(len(names))
+                if i >= len(n_supports) or counts[i] != n_supports[i]]
+        raise ClassifierFileError(f"{jpath}: key 'n_supports' {n_supports} disagrees with {ipath.name}: "
+                                  f"{'; '.join(diff) or 'one count per class expected'} ({_REFIX})")
