@@ -3,7 +3,12 @@
 "no_hit" patterns with Poisson noise) and ``<out>/supports/{single,no_hit}/frames.npy`` (5 each).
 The patterns are toys (not physics): they only make the example run on a fresh machine.
 
+Run it (a second of work; then the README's two-terminal example, section "Online veto"):
+
     python examples/stream_rehearsal_data.py rehearsal --seed 0
+
+Full size: replay a real run instead, ``python -m speckle_embed stream-replay`` on your CXI files
+(docs/stream.md), or point ``speckle-embed stream`` at the facility's Karabo bridge / ZMQ stream.
 """
 from __future__ import annotations
 
