@@ -3,7 +3,7 @@
 What it shows
 -------------
 1. ``speckle_embed.cli.run_classify(cfg)``: the Python side of ``speckle-embed classify``. It
-   takes the keys of ``conf/classify.yaml`` as a plain dict, reads the file ``chunk_size`` frames
+   takes the keys of ``conf/classify/classify.yaml`` as a plain dict, reads the file ``chunk_size`` frames
    at a time (files may exceed the memory), and writes ``<output_dir>/predictions.h5`` and
    ``.csv`` (label, per-class distances and probabilities of every frame).
 2. The equivalent command line, printed by the script.
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         print(f"simulated {args.n_frames} shots in {time.perf_counter() - t0:.0f} s -> {path}")
     classifier = args.classifier if args.classifier is not None else fit_classifier(args, path)
 
-    # The keys of conf/classify.yaml; those left out take their defaults.
+    # The keys of conf/classify/classify.yaml; those left out take their defaults.
     cfg = {
         "classifier": str(classifier),
         "inputs": [str(path)],                 # files, folders or glob patterns

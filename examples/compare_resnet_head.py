@@ -5,7 +5,7 @@ What it shows
 1. PR772-like labelled shots (as in ``examples/online_training.py``; or ``--data`` with hit
    classes 1 single, 2 multi, 3 non-sample) split into a labelled pool of ``n_train`` +
    ``n_val`` frames per class and queries (``split_labelled_pool``, the online protocol's split).
-2. The pre-activation ResNet of Assalauova et al. (2022), recipe ``conf/heads/resnet_maxf1.yaml``
+2. The pre-activation ResNet of Assalauova et al. (2022), recipe ``conf/evaluate/heads/resnet_maxf1.yaml``
    read with OmegaConf and turned into one 3-way ``SupervisedHead`` (``head_config_for``: the
    5-fold ensemble becomes a single member, the binary "single vs rest" recipe a 3-class head,
    as ``speckle-embed evaluate`` does), built by ``se.head_from_config`` and trained for a few
@@ -20,11 +20,11 @@ Run it (about 2 min on 2 CPU cores, most of it training the ResNet; outputs unde
     python examples/compare_resnet_head.py
     python examples/compare_resnet_head.py --iterations 150 --batch-size 32   # fairer, ~15 min
 
-Full size (``conf/evaluate.yaml``: the ResNet and Shi et al. 2019 heads, 6 epochs x 50 iterations
+Full size (``conf/evaluate/evaluate.yaml``: the ResNet and Shi et al. 2019 heads, 6 epochs x 50 iterations
 x 64 frames on a CPU budget, SpeckleNN few-shot and fine-tuned, whole detector and one quadrant,
 single-hit selection metrics; about an hour on 2 CPU cores)::
 
-    python -m simulate +experiment=pr772 dataset=online_pr772 out_dir=data/eval/pr772_online
+    python -m simulate experiment=pr772 dataset=online_pr772 out_dir=data/eval/pr772_online
     speckle-embed evaluate checkpoint=pretrained offline.enabled=false online.enabled=true
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     rows = []
 
     # --- the supervised head -------------------------------------------------------------------
-    recipe = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "heads" / "resnet_maxf1.yaml"))
+    recipe = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "evaluate" / "heads" / "resnet_maxf1.yaml"))
     overrides = {"n_iterations": args.iterations, "iterations_per_epoch": max(1, args.iterations // 2),
                  "batch_size": args.batch_size, "seed": args.seed, "progress": False, "device": "cpu"}
     if args.lr is not None:

@@ -2,7 +2,7 @@
 
 What it shows (SpeckleNN section 4.2)
 -------------------------------------
-1. PR772-like data, as ``conf/experiment/pr772.yaml`` + ``conf/dataset/online_pr772.yaml`` make
+1. PR772-like data, as ``conf/simulate/experiment/pr772.yaml`` + ``conf/simulate/dataset/online_pr772.yaml`` make
    them: 70 nm icosahedral capsids on a pnCCD-like 128x128 detector
    (``simulate.geometry.pnccd_geometry(binning=8)``, grid oversampling 6), single / multi /
    non-sample hits in equal shares, photon noise, a decade of fluence spread. Or your own
@@ -29,7 +29,7 @@ Run it (about 1.5 min on 2 CPU cores; outputs under ``outputs/examples/online_tr
 Full size (the paper's 40 + 20 labels, 20 epochs x 10 steps of 3 x 20 frames, whole detector and
 one quadrant, next to the supervised heads; about an hour on 2 CPU cores)::
 
-    python -m simulate +experiment=pr772 dataset=online_pr772 out_dir=data/eval/pr772_online
+    python -m simulate experiment=pr772 dataset=online_pr772 out_dir=data/eval/pr772_online
     speckle-embed evaluate checkpoint=pretrained offline.enabled=false online.enabled=true
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ What it shows
 1. The simulator's Python API: a procedural source (``simulate.sources.resolve_sources``), the
    paper's detector (``simulate.geometry.default_geometry``) and ``simulate.generate.
    generate_dataset``, which writes one CXI-flavoured HDF5 shard per structure.
-2. Training with ``speckle_embed.train.train(cfg)``, ``cfg`` being composed from ``conf/train.yaml``
+2. Training with ``speckle_embed.train.train(cfg)``, ``cfg`` being composed from ``conf/train/train.yaml``
    exactly as ``python -m speckle_embed.train`` composes it (the script prints the equivalent
    command line). The model is the tiny SpeckleNN of ``conf/train/model/tiny.yaml``; a quarter
    of the structures is held out and scored after every epoch with 2-way (single vs multi)
@@ -21,8 +21,8 @@ Run it (about 1 minute on 2 CPU cores; outputs under ``outputs/examples/pretrain
 Full size (README, "Training an embedding"): the default 14.5 M-parameter network, 16 x 8
 batches, 30 epochs on a procedural dataset simulated on first use, then PDB entries::
 
-    python -m speckle_embed.train train/experiment=offline
-    python -m speckle_embed.train train/experiment=offline name=offline_v2 \\
+    python -m speckle_embed.train experiment=offline
+    python -m speckle_embed.train experiment=offline name=offline_v2 \\
         'data.dirs=[data/offline/procedural,data/offline/pdb]' \\
         'data.val_structures=[1BXN,2FHA,3J9I,4JSV,6WLB,7Q5B,1M19,3O21,2NIP,6FLR]'
 
@@ -60,7 +60,7 @@ def simulate_dataset(args, data_dir: Path) -> list[Path]:
     from simulate.geometry import default_geometry
     from simulate.sources import resolve_sources
 
-    # A source config is a plain dict (conf/source/procedural.yaml holds the same keys); nothing
+    # A source config is a plain dict (conf/simulate/source/procedural.yaml holds the same keys); nothing
     # is built until generate_dataset needs it.
     specs = resolve_sources({"kind": "procedural", "n_structures": args.n_structures,
                              "seed": args.seed, "n_atoms_min": args.atoms[0],
@@ -78,14 +78,14 @@ def simulate_dataset(args, data_dir: Path) -> list[Path]:
 
 
 def training_config(args, data_dir: Path, run_dir: Path) -> tuple[dict, list[str]]:
-    """``conf/train.yaml`` + overrides, composed by Hydra as the training CLI does."""
+    """``conf/train/train.yaml`` + overrides, composed by Hydra as the training CLI does."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from speckle_embed.cli import CONFIG_DIR  # the repository's conf/ folder
+    from speckle_embed.train.__main__ import CONFIG_DIR  # training's config tree, conf/train/
 
     overrides = [
-        "train/model=tiny",                      # 8/16 channels, 32-D embedding
+        "model=tiny",                      # 8/16 channels, 32-D embedding
         f"data.dirs=[{data_dir}]",
         "data.generate_if_missing=false",        # we simulated the data ourselves
         "data.val_fraction=0.25",                # hold out a quarter of the structures

@@ -18,7 +18,7 @@ or folder works (``--labels-path``; ``--mask`` replaces the files' masks, a ``.n
 
 Usage (the held-out PR772-like set of the README; ~10 min on 2 cores)::
 
-    python -m simulate +experiment=pr772 dataset=online_pr772 threads=1 seed=12345 \\
+    python -m simulate experiment=pr772 dataset=online_pr772 threads=1 seed=12345 \\
         out_dir=data/heldout/pr772_online
     python scripts/evaluate_adaptation.py --data data/heldout/pr772_online --seed 0 \\
         --out reports/adaptation_pr772.json

@@ -1,10 +1,10 @@
 """The dataset-generation application: a plain function of the composed configuration.
 
-``python -m simulate`` (:mod:`simulate.__main__`) composes ``conf/simulate.yaml`` with Hydra
+``python -m simulate`` (:mod:`simulate.__main__`) composes ``conf/simulate/simulate.yaml`` with Hydra
 and calls :func:`run`; tests and notebooks can call :func:`run` with a config composed by
 ``hydra.compose`` or with a plain dict. This module never imports hydra.
 
-Config keys used (see ``conf/simulate.yaml``): ``mode`` (``generate`` | ``render``),
+Config keys used (see ``conf/simulate/simulate.yaml``): ``mode`` (``generate`` | ``render``),
 ``geometry`` (the :class:`~simulate.geometry.Geometry` fields), ``source`` (see
 :mod:`simulate.sources`), ``dataset`` (``n_frames``, ``chunk``, ``mix``, ``noise``,
 ``fluence``), ``out_dir``, ``seed``, ``method``, ``oversampling``, ``device``, ``threads``,
@@ -82,7 +82,7 @@ def run(cfg, *, output_dir=None, base_dir=None):
     Parameters
     ----------
     cfg : DictConfig or mapping
-        The composed configuration (``conf/simulate.yaml``).
+        The composed configuration (``conf/simulate/simulate.yaml``).
     output_dir : str or Path, optional
         Folder of this run (Hydra's run/job folder): receives ``generation_report.json`` and
         ``examples.png``. None writes neither (unless ``render.output`` is set).

@@ -13,7 +13,7 @@ Commands::
 Everything after the command is passed on (Hydra overrides ``key=value``)::
 
     speckle-embed classify classifier=clf/ inputs=[run42/*.cxi]
-    speckle-embed train train/experiment=offline
+    speckle-embed train experiment=offline
     speckle-embed evaluate checkpoint=pretrained online.enabled=true
     speckle-embed demo
 """
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             runpy.run_module(name.removesuffix(".__main__"), run_name="__main__", alter_sys=True)
         except SystemExit as exc:
             code = exc.code
+            if isinstance(code, str):  # sys.exit("message"): print it, as the interpreter would
+                print(code, file=sys.stderr)
             return code if isinstance(code, int) else (0 if code is None else 1)
         finally:
             sys.argv = saved

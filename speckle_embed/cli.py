@@ -1,6 +1,6 @@
 """``speckle-embed classify``: classify every frame of HDF5/CXI files with a saved classifier.
 
-The entry point (:func:`classify_main`) only composes ``conf/classify.yaml`` with the command
+The entry point (:func:`classify_main`) only composes ``conf/classify/classify.yaml`` with the command
 line's Hydra overrides and calls :func:`run_classify`, a plain function of a config mapping that
 the tests and notebooks can call too::
 
@@ -62,7 +62,10 @@ __all__ = ["CONFIG_DIR", "CXI_DATA_PATHS", "classify_main", "run_classify", "res
            "find_frames_dataset"]
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-"""Absolute path of the repository's ``conf/`` folder (editable install)."""
+"""Absolute path of the repository's ``conf/`` folder (editable install): one config tree per app,
+``conf/<app>/<app>.yaml`` (classify, simulate, train, evaluate, demo, stream)."""
+CLASSIFY_CONFIG_DIR = str(Path(CONFIG_DIR) / "classify")
+"""The classify command's config tree, ``conf/classify/``."""
 
 #: Where CXI files keep their frames, in order of preference (cxidb's CXI format).
 CXI_DATA_PATHS = (DEFAULT_DATA_PATH, "/entry_1/instrument_1/detector_1/data")
@@ -395,7 +398,7 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
     Parameters
     ----------
     cfg : mapping
-        Keys of ``conf/classify.yaml`` (plain dict or DictConfig); missing optional keys take
+        Keys of ``conf/classify/classify.yaml`` (plain dict or DictConfig); missing optional keys take
         their defaults.
 
     Returns
@@ -532,12 +535,12 @@ def run_classify(cfg: Mapping[str, Any]) -> dict:
 _USAGE = """usage: speckle-embed classify classifier=DIR inputs=[PATH,...] [key=value ...]
 
 Classify every frame of HDF5/CXI files with a FewShotClassifier saved by clf.save(DIR).
-Keys (conf/classify.yaml), as Hydra overrides:
+Keys (conf/classify/classify.yaml), as Hydra overrides:
 """
 
 
 def classify_main(argv: list[str] | None = None) -> int:
-    """Compose ``conf/classify.yaml`` with Hydra overrides ``argv`` and run :func:`run_classify`.
+    """Compose ``conf/classify/classify.yaml`` with Hydra overrides ``argv`` and run :func:`run_classify`.
 
     ``--help`` prints the keys, ``--cfg`` the composed configuration. Returns the exit status.
     """
@@ -549,7 +552,7 @@ def classify_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_cfg = "--cfg" in argv or "-c" in argv
     if "-h" in argv or "--help" in argv:
-        print(_USAGE + (Path(CONFIG_DIR) / "classify.yaml").read_text())
+        print(_USAGE + (Path(CLASSIFY_CONFIG_DIR) / "classify.yaml").read_text())
         return 0
     overrides = [a for a in argv if a not in ("--cfg", "-c")]
     bad = [a for a in overrides if a.startswith("-")]
@@ -558,7 +561,7 @@ def classify_main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="classify"):
+        with initialize_config_dir(config_dir=CLASSIFY_CONFIG_DIR, version_base="1.3", job_name="classify"):
             cfg = compose(config_name="classify", overrides=overrides)
     except HydraException as exc:
         print(f"speckle-embed classify: {exc}", file=sys.stderr)

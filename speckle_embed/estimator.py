@@ -1,8 +1,8 @@
 """The estimator base of the classifiers of diffraction frames (scikit-learn's contract).
 
 Every classifier of this package (:class:`~speckle_embed.heads.SupervisedHead`,
-:class:`~speckle_embed.heads.EnsembleHead`; :class:`~speckle_embed.classifier.FewShotClassifier`
-to follow) derives from :class:`FrameClassifier`, which is scikit-learn's ``BaseEstimator`` +
+:class:`~speckle_embed.heads.EnsembleHead`, :class:`~speckle_embed.fewshot.FewShotClassifier`)
+derives from :class:`FrameClassifier`, which is scikit-learn's ``BaseEstimator`` +
 ``ClassifierMixin``:
 
 * ``get_params`` / ``set_params`` read the parameters from ``__init__``'s signature, so

@@ -3,7 +3,7 @@
 Two processes are started with ``torch.multiprocessing.spawn`` and the environment torchrun
 would give them (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...), so :func:`init_distributed`
 takes the same path as under ``torchrun``. Data: the tiny synthetic shards of
-``test_train_loop``; model ``train/model=tiny`` at 24 x 24.
+``test_train_loop``; model ``model=tiny`` at 24 x 24.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from speckle_embed.classifier import FewShotClassifier
 from speckle_embed.classifier import NotFittedError as ClassifierNotFittedError
 from speckle_embed.embedder import SpeckleEmbedder
-from speckle_embed.estimator import NotFittedError
+from speckle_embed.estimator import FrameClassifier, NotFittedError
 from speckle_embed.heads import EnsembleHead, SupervisedHead
 from speckle_embed.preprocess import Preprocessing
 
@@ -42,9 +42,8 @@ def _few_shot():
 
 
 CASES = {"SupervisedHead": _supervised, "EnsembleHead": _ensemble, "FewShotClassifier": _few_shot}
-# Derived from speckle_embed.estimator.FrameClassifier (scikit-learn tags: check_is_fitted,
-# cross_val_score); FewShotClassifier meets the rest of the contract with its own plumbing.
-BASE_CASES = ["SupervisedHead", "EnsembleHead"]
+# All three derive from speckle_embed.estimator.FrameClassifier (scikit-learn's BaseEstimator +
+# ClassifierMixin): params from the signature, clone, check_is_fitted, one NotFittedError, one score.
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +74,9 @@ def _init_names(cls) -> set[str]:
 @pytest.mark.parametrize("name", CASES)
 def test_params_from_signature_and_round_trip(name):
     est = CASES[name]()
+    assert isinstance(est, FrameClassifier)
+    for plumbing in ("get_params", "set_params", "score", "_check_fitted", "__sklearn_is_fitted__"):
+        assert getattr(type(est), plumbing) is getattr(FrameClassifier, plumbing), plumbing  # one owner
     params = est.get_params(deep=False)
     assert set(params) == _init_names(type(est))
     assert est.set_params(**params) is est
@@ -107,7 +109,7 @@ def test_not_fitted_error(name, data):
     assert ClassifierNotFittedError is NotFittedError
 
 
-@pytest.mark.parametrize("name", BASE_CASES)
+@pytest.mark.parametrize("name", CASES)
 def test_check_is_fitted(name, data):
     est = CASES[name]()
     with pytest.raises(sklearn.exceptions.NotFittedError):
@@ -127,7 +129,7 @@ def test_score_is_the_accuracy_of_predict(name, data):
         est.score(X, y[:-1])
 
 
-@pytest.mark.parametrize("name", BASE_CASES)
+@pytest.mark.parametrize("name", CASES)
 def test_cross_val_score_on_frame_stacks(name, data):
     X, y = data
     scores = cross_val_score(CASES[name](), X, y, cv=2)

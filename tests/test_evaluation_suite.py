@@ -200,8 +200,8 @@ def test_split_labelled_pool_is_disjoint_and_balanced():
 def test_head_config_for_makes_three_way_heads():
     import yaml
 
-    resnet = yaml.safe_load((ROOT / "conf/heads/resnet_maxf1.yaml").read_text())
-    shi = yaml.safe_load((ROOT / "conf/heads/shi2019.yaml").read_text())
+    resnet = yaml.safe_load((ROOT / "conf/evaluate/heads/resnet_maxf1.yaml").read_text())
+    shi = yaml.safe_load((ROOT / "conf/evaluate/heads/shi2019.yaml").read_text())
     r = head_config_for(resnet, 3, {"n_epochs": 2})
     assert r["kind"] == "supervised" and r["model"]["n_classes"] == 3
     assert r["positive_class"] is None and r["recipe"] is None and r["n_epochs"] == 2

@@ -57,7 +57,7 @@ def test_pretrain_offline(tmp_path):
                       "--p", 4, "--k", 3)
     accuracy = number_after(r"validation 2-way 5-shot accuracy:", out)
     assert 0.0 <= accuracy <= 1.0
-    assert "python -m speckle_embed.train train/model=tiny" in out
+    assert "python -m speckle_embed.train model=tiny" in out
     run = out_dir / "run"
     for name in ("best.pt", "last.pt", "metrics.csv", "learning_curve.png"):
         assert (run / name).is_file(), name

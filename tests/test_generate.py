@@ -37,7 +37,7 @@ from simulate.render import render_examples  # noqa: E402
 from simulate.shots import ShotGenerator  # noqa: E402
 from simulate.sources import SourceConfigError, resolve_sources  # noqa: E402
 
-REPO = Path(CONFIG_DIR).parent
+REPO = Path(CONFIG_DIR).parents[1]
 N_PIX = 48
 #: Tiny but physical settings: the paper's pixel size on a 48x48 detector, 8 frames each.
 TINY = [
@@ -114,7 +114,7 @@ def test_config_groups_compose():
     for name in ("tiny", "small", "paper"):
         ds = compose_cfg(f"dataset={name}").dataset
         assert ds.n_frames >= 1 and ds.chunk >= 1 and set(ds.mix) >= set(HIT_CLASSES)
-    exp = compose_cfg("+experiment=pr772")
+    exp = compose_cfg("experiment=pr772")
     assert exp.geometry.n_pixels == 128 and exp.source.kind == "continuum"
     assert exp.oversampling == 6.0
     assert exp.out_dir == "data/simulated/continuum_pr772"

@@ -26,7 +26,7 @@ from speckle_embed.models import build_model, model_config
 from speckle_embed.models.resnet import PreActBlock, PreActResNetClassifier
 from speckle_embed.models.shi2019 import SHI2019_THRESHOLD, Shi2019CNN
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf" / "evaluate"
 # A small ResNet of the same family for speed (one block per stage, narrow).
 TINY = {"name": "preact_resnet", "input_size": [32, 16], "channels": [8, 16], "blocks": [1, 1]}
 FAST = dict(recipe=None, lr=3e-3, batch_size=32, iterations_per_epoch=20, progress=False, device="cpu")

@@ -1,7 +1,7 @@
 """SLURM launchers of Hydra multiruns: conf/hydra/launcher/submitit_slurm.yaml and s3df.yaml.
 
-The configs are composed as the apps compose them (the repository's ``conf/`` as the primary
-config dir) and instantiated into the plugin's launcher; the last test runs a real multirun of
+The configs are composed as the apps compose them (the app's tree ``conf/<app>/`` as the primary
+config dir; its ``hydra`` links to the shared ``conf/hydra/``) and instantiated into the plugin's launcher; the last test runs a real multirun of
 ``python -m simulate`` against a fake ``sbatch`` that records the job-array script it is given.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
-from simulate.__main__ import CONFIG_DIR  # noqa: E402
+from speckle_embed.cli import CONFIG_DIR  # noqa: E402  (conf/, one tree per app)
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 # Our submitit_slurm.yaml replaces the plugin's config of the same name, and Hydra then
@@ -34,13 +34,13 @@ def is_slurm_launcher(obj) -> bool:  # by name: Hydra's plugin discovery may imp
 
 
 def launcher_cfg(*overrides, app: str = "simulate"):
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR, job_name="test"):
+    with initialize_config_dir(version_base="1.3", config_dir=f"{CONFIG_DIR}/{app}", job_name="test"):
         cfg = compose(config_name=app, overrides=list(overrides), return_hydra_config=True)
     assert cfg.hydra.runtime.choices["hydra/launcher"] == overrides[0].split("=")[1]
     return cfg.hydra.launcher
 
 
-@pytest.mark.parametrize("app", ["simulate", "train"])
+@pytest.mark.parametrize("app", ["simulate", "train", "evaluate"])
 def test_submitit_slurm_defaults_and_overrides(app):
     lc = launcher_cfg("hydra/launcher=submitit_slurm", app=app)
     assert lc._target_ == SLURM_LAUNCHER

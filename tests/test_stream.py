@@ -374,7 +374,7 @@ def _cli(args, **kw):
 
 
 def _replay_args(tmp_path, clf_dir, f, out, extra=()):
-    return [f"classifier={clf_dir}", "stream/source=replay", f"source.inputs=[{f}]", "source.rate_hz=400",
+    return [f"classifier={clf_dir}", "source=replay", f"source.inputs=[{f}]", "source.rate_hz=400",
             "source.repeat=0", "source.frames_per_message=8", f"output_dir={out}", "monitor.enabled=false",
             f"publish.endpoint=tcp://127.0.0.1:{free_port()}", "log.flush_seconds=0.1", "log.flush_records=16",
             "singles.enabled=true", f"singles.max_file_bytes={5 * 128 * 128 * 2}", "max_seconds=60", *extra]

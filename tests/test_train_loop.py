@@ -2,7 +2,7 @@
 equivalence, NaN handling, bad input, and the CLI.
 
 Shards are 32x32 synthetic frames written with ``simulate.dataset_io.write_shard``; the model is
-``train/model=tiny`` at ``input_size=24``. Everything runs on the CPU in a few seconds.
+``model=tiny`` at ``input_size=24``. Everything runs on the CPU in a few seconds.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from speckle_embed.train.config import TrainConfig
 from speckle_embed.train.data import build_train_data
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "conf" / "train"
 SIZE = 32
 
 
@@ -71,7 +71,7 @@ def write_dataset(folder: Path, n_structures=4, per_class=6, seed=0, size=SIZE, 
 
 def overrides(data_dir: Path, **extra) -> list[str]:
     base = {
-        "train/model": "tiny", "preprocessing.input_size": 24, "preprocessing.crop": 24,
+        "model": "tiny", "preprocessing.input_size": 24, "preprocessing.crop": 24,
         "data.dirs": f"[{data_dir}]", "data.generate_if_missing": False, "data.val_fraction": 0.25,
         "epochs": 2, "steps_per_epoch": 3, "sampler.p": 4, "sampler.k": 3,
         "eval.k_shot": 2, "eval.n_query": 3, "eval.n_tasks": 3, "progress": False,
@@ -206,7 +206,7 @@ def test_other_miners_and_online_mode(data_dir, tmp_path, miner):
     assert train(cfg).global_step == 3
     # online experiment: 3 classes, one dummy structure, 3-way episodes
     online = compose_cfg(data_dir, tmp_path / "online", **{
-        "train/experiment": "online", "epochs": 1, "steps_per_epoch": 2, "sampler.p": 3, "sampler.k": 4,
+        "experiment": "online", "epochs": 1, "steps_per_epoch": 2, "sampler.p": 3, "sampler.k": 4,
         "data.n_train_per_class": 12, "data.n_val_per_class": 8, "eval.n_query": 3,
         "data.dirs": f"[{data_dir}]", "data.generate_if_missing": False, "loss.miner": miner,
         "init_checkpoint": str(tmp_path / "run" / "best.pt")})

@@ -200,7 +200,7 @@ def _figure(path: Path, frames, mask, support_idx, query_idx, labels, pred, z_su
 def run_demo(cfg: Mapping[str, Any]) -> dict:
     """Run the four steps; returns the results dict (also written to ``results.json``).
 
-    ``cfg`` is the plain dict of ``conf/demo.yaml`` plus ``run_dir``.
+    ``cfg`` is the plain dict of ``conf/demo/demo.yaml`` plus ``run_dir``.
 
     Raises
     ------

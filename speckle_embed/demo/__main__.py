@@ -17,7 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf" / "demo")
+"""Absolute path of the demo's config tree, ``conf/demo/``."""
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="demo")

@@ -9,7 +9,7 @@ Modules (import them directly; only the episode API is re-exported here):
 * :mod:`~speckle_embed.evaluation.online` - 3-way K-shot vs supervised heads, online fine-tuning;
 * :mod:`~speckle_embed.evaluation.selection` - selection metrics of Assalauova et al. (PSD contrast);
 * :mod:`~speckle_embed.evaluation.figures`, :mod:`~speckle_embed.evaluation.report` - figures, report;
-* :mod:`~speckle_embed.evaluation.app` - the command (``conf/evaluate.yaml``).
+* :mod:`~speckle_embed.evaluation.app` - the command (``conf/evaluate/evaluate.yaml``).
 """
 from speckle_embed.fewshot.episodes import *  # noqa: F401,F403
 from speckle_embed.fewshot.episodes import __all__  # noqa: F401

@@ -1,6 +1,6 @@
 """``speckle-embed evaluate`` / ``python -m speckle_embed.evaluation``: the evaluation suite (Hydra).
 
-Composes ``conf/evaluate.yaml`` and calls :func:`speckle_embed.evaluation.app.run` with the run
+Composes ``conf/evaluate/evaluate.yaml`` and calls :func:`speckle_embed.evaluation.app.run` with the run
 folder Hydra made; relative paths are relative to the directory the command was started from.
 
 Examples
@@ -19,7 +19,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf" / "evaluate")
+"""Absolute path of evaluation's config tree, ``conf/evaluate/`` (groups heads, domains)."""
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")

@@ -1,6 +1,6 @@
 """``speckle-embed evaluate``: every experiment of the evaluation suite, one report.
 
-:func:`run` takes the plain config of ``conf/evaluate.yaml`` (Hydra composes it in
+:func:`run` takes the plain config of ``conf/evaluate/evaluate.yaml`` (Hydra composes it in
 :mod:`speckle_embed.evaluation.__main__`) and writes into ``out_dir``:
 
 * ``report.md`` (or ``.html``) with tables and PNG figures, stamped with the configuration,
@@ -296,7 +296,7 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
 def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
     """Run the enabled sections of the suite and write the report; returns the written paths.
 
-    ``cfg`` is the plain dict of ``conf/evaluate.yaml`` plus ``out_dir`` (the Hydra run folder)
+    ``cfg`` is the plain dict of ``conf/evaluate/evaluate.yaml`` plus ``out_dir`` (the Hydra run folder)
     and ``base_dir`` (where relative data and checkpoint paths start).
     """
     import torch

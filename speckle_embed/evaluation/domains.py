@@ -5,7 +5,7 @@ section 2): a detector preset, a sample family and artefact settings that traini
 Each has a **role**:
 
 * ``validation``: the domain the checkpoint was chosen on (e.g. the AMO domain of
-  ``train/experiment=pretrain_realistic``); its figure is shown, marked "chose the checkpoint -
+  ``experiment=pretrain_realistic``); its figure is shown, marked "chose the checkpoint -
   not a result", and never reported as a test result;
 * ``test``: a held-out domain. A test domain whose detector preset was seen in training (empty
   ``held_out.preset``) is flagged as such in the report.

@@ -275,7 +275,7 @@ def online_protocol(embedder, data: LabelledSet, *, heads: Mapping[str, Mapping]
     data : LabelledSet
         Frames with hit classes ``classes`` (noisy frames as recorded).
     heads : mapping name -> head config, optional
-        :func:`speckle_embed.heads.head_from_config` configs (e.g. ``conf/heads/*.yaml``),
+        :func:`speckle_embed.heads.head_from_config` configs (e.g. ``conf/evaluate/heads/*.yaml``),
         turned into ``len(classes)``-way heads by :func:`head_config_for`.
     detector_fractions : sequence of float
         Shares of the detector kept (:func:`detector_fraction_mask`).

@@ -41,7 +41,7 @@ import numpy as np
 from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, load_adaptation, parse_adapt, save_adaptation
 from speckle_embed.atomic import build_directory_atomically, read_format_json
 from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
-from speckle_embed.estimator import NotFittedError
+from speckle_embed.estimator import FrameClassifier, NotFittedError
 from speckle_embed.fewshot.index import SupportIndex
 from speckle_embed.fewshot.rules import (
     RULES,
@@ -133,7 +133,7 @@ def _labels_array(values: list, kind: str) -> np.ndarray:
     return np.array([int(v) for v in values], dtype=np.int64)
 
 
-class FewShotClassifier:
+class FewShotClassifier(FrameClassifier):
     """Classify diffraction frames from a few labelled examples per class.
 
     Parameters
@@ -189,6 +189,12 @@ class FewShotClassifier:
     adaptation_ : AdaptationState or None
         What ``adapt`` changed (adapted embedder copy, refined prototypes, timings).
 
+    Notes
+    -----
+    scikit-learn's contract comes from :class:`~speckle_embed.estimator.FrameClassifier`: ``clone``
+    and ``cross_val_score`` work (the ``embedder`` parameter is deep-copied for each clone: one
+    model copy per fold).
+
     Examples
     --------
     >>> import numpy as np
@@ -220,20 +226,9 @@ class FewShotClassifier:
         self.adapt_options = adapt_options
 
     # ------------------------------------------------------------------ sklearn plumbing
-    _PARAMS = ("rule", "k", "temperature", "reject_quantile", "unknown_label", "scale", "center", "use_gpu",
-               "adapt", "adapt_options")
-
-    def get_params(self, deep: bool = True) -> dict:
-        """Constructor parameters (``embedder`` included), as scikit-learn's ``get_params``."""
-        return {"embedder": self.embedder, **{p: getattr(self, p) for p in self._PARAMS}}
-
-    def set_params(self, **params) -> "FewShotClassifier":
-        """Set constructor parameters; returns ``self``. Refit to apply ``rule``/``reject_quantile``."""
-        for key, value in params.items():
-            if key != "embedder" and key not in self._PARAMS:
-                raise ValueError(f"invalid parameter {key!r} for FewShotClassifier")
-            setattr(self, key, value)
-        return self
+    # get_params/set_params (the parameters of __init__'s signature, ``embedder`` included),
+    # sklearn.base.clone, check_is_fitted, NotFittedError and score come from FrameClassifier.
+    _not_fitted_hint = "no supports yet, call fit() or register() first"
 
     def __repr__(self) -> str:
         args = ", ".join(f"{p}={getattr(self, p)!r}" for p in ("rule", "k", "temperature", "reject_quantile")
@@ -244,10 +239,6 @@ class FewShotClassifier:
 
     def _is_fitted(self) -> bool:
         return getattr(self, "index_", None) is not None and getattr(self, "classes_", None) is not None
-
-    def _check_fitted(self) -> None:
-        if not self._is_fitted():
-            raise NotFittedError("this FewShotClassifier has no supports yet: call fit() or register() first")
 
     def _check_params(self) -> None:
         if isinstance(self.rule, str) and self.rule not in RULES:
@@ -554,13 +545,11 @@ class FewShotClassifier:
         labels = self.classes_[codes]
         return (dist, labels, ids) if return_ids else (dist, labels)
 
-    def score(self, X, y, mask=None) -> float:
-        """Accuracy of :meth:`predict` against labels ``y``."""
-        pred = self.predict(X, mask)
-        truth = np.asarray(_as_label_list(y), dtype=pred.dtype)
-        if truth.shape != pred.shape:
-            raise ValueError(f"y has {truth.shape[0]} labels but X has {pred.shape[0]} frames")
-        return float((pred == truth).mean())
+    def encode_labels(self, y) -> np.ndarray:
+        """Labels ``y`` as values comparable with :meth:`predict` (str or int64, as ``classes_``);
+        :meth:`score` (from :class:`~speckle_embed.estimator.FrameClassifier`) compares them."""
+        self._check_fitted()
+        return np.asarray(_as_label_list(y), dtype=str if self.classes_.dtype.kind == "U" else np.int64)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:
@@ -739,7 +728,8 @@ class FewShotClassifier:
                 "embeddings are not comparable with the stored supports. Load without embedder= to "
                 "use the saved copy of the original, or refit with the new embedder.")
 
-        clf = cls(embedder, **{k: v for k, v in params.items() if k in cls._PARAMS}, use_gpu=use_gpu)
+        names_init = set(cls._get_param_names()) - {"embedder"}  # the parameters of __init__ (scikit-learn)
+        clf = cls(embedder, **{k: v for k, v in params.items() if k in names_init}, use_gpu=use_gpu)
         if isinstance(clf.center, list):
             clf.center = tuple(clf.center)
         _check_supports(ipath, jpath, index, names, n_supports)

@@ -56,7 +56,7 @@ to an ``S x S`` square (``preprocessing.input_size = S >= max(h, w)``), of which
 
 Saved heads: one directory each (:mod:`speckle_embed.heads.io`); :func:`load_head` reads either
 kind. :func:`head_from_config` builds a head from a config dict such
-as ``conf/heads/resnet_maxf1.yaml``.
+as ``conf/evaluate/heads/resnet_maxf1.yaml``.
 
 The package, one concept per file (all names re-exported here):
 

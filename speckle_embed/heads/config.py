@@ -13,7 +13,7 @@ __all__ = ["head_from_config", "load_head"]
 
 
 def head_from_config(cfg: Mapping) -> SupervisedHead | EnsembleHead:
-    """Build an (unfitted) head from a config dict, e.g. ``conf/heads/resnet_maxf1.yaml``.
+    """Build an (unfitted) head from a config dict, e.g. ``conf/evaluate/heads/resnet_maxf1.yaml``.
 
     Parameters
     ----------

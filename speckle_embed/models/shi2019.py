@@ -4,7 +4,7 @@ Shi et al. compared classification algorithms on the PR772 SPI data set; their s
 baseline is a small convolutional network on the *downsampled* pattern: convolution layers
 with ReLU and max pooling, then dense layers and a sigmoid output giving P(single). A pattern
 is called a single hit when that probability is at least **0.9** (:data:`SHI2019_THRESHOLD`;
-the head config ``conf/heads/shi2019.yaml`` sets it).
+the head config ``conf/evaluate/heads/shi2019.yaml`` sets it).
 
 The layer widths below are this package's defaults for that recipe (the classic "small CNN
 for binary image classification" shape); all are constructor arguments. Default, for a

@@ -263,7 +263,7 @@ PRESETS: dict[str, DetectorPreset] = {
         "APPROXIMATE placeholder (not taken from CXIDB 58): set distance_m from your run's metadata."),
     "pr772_pnccd": DetectorPreset(
         "pr772_pnccd", 0.13, 75e-6, 8, 128, 1700.0, lambda: _two_halves(128, 1, 2, vertical=True),
-        "Our PR772-like pnCCD (simulate.geometry.pnccd_geometry(binning=8), conf/geometry/pnccd.yaml)."),
+        "Our PR772-like pnCCD (simulate.geometry.pnccd_geometry(binning=8), conf/simulate/geometry/pnccd.yaml)."),
     "spb_agipd1m_bin4": DetectorPreset(
         "spb_agipd1m_bin4", 0.7, 200e-6, 4, 268, 6000.0,
         lambda: _modules(8, 2, (128, 512), gap_px=4, quad_gap_px=20, hole_px=24, binning=4),

@@ -1,12 +1,12 @@
 """``speckle-embed stream`` / ``python -m speckle_embed stream``: the online veto service.
 
-Composes ``conf/stream.yaml`` (groups ``stream/source`` and ``stream/assembly``) with
+Composes ``conf/stream/stream.yaml`` (groups ``source`` and ``assembly``, ``conf/stream/``) with
 ``key=value`` overrides and calls :func:`speckle_embed.stream.service.run_stream`::
 
     speckle-embed stream supports=supports/ source.endpoint=tcp://127.0.0.1:5555
-    speckle-embed stream classifier=clf/ stream/source=karabo source.endpoint=tcp://127.0.0.1:4545 \\
-        stream/assembly=agipd
-    speckle-embed stream classifier=clf/ stream/source=replay source.inputs=[run42.cxi] source.rate_hz=500
+    speckle-embed stream classifier=clf/ source=karabo source.endpoint=tcp://127.0.0.1:4545 \\
+        assembly=agipd
+    speckle-embed stream classifier=clf/ source=replay source.inputs=[run42.cxi] source.rate_hz=500
     speckle-embed stream --cfg
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from speckle_embed.stream.app import compose_main
 
 _USAGE = """usage: speckle-embed stream (classifier=DIR | supports=DIR) [key=value ...]
 
-Classify a stream of frames and publish the decisions. Keys (conf/stream.yaml):
+Classify a stream of frames and publish the decisions. Keys (conf/stream/stream.yaml):
 """
 
 

@@ -7,11 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf" / "stream")
+"""Absolute path of the stream apps' config tree, ``conf/stream/`` (stream.yaml with groups source
+and assembly, stream_replay.yaml)."""
 
 
 def compose_main(argv, config_name: str, usage: str, run) -> int:
-    """Compose ``conf/<config_name>.yaml`` with ``key=value`` overrides and call ``run(plain_dict)``."""
+    """Compose ``conf/stream/<config_name>.yaml`` with ``key=value`` overrides and call ``run(plain_dict)``."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf

@@ -14,7 +14,7 @@ from speckle_embed.stream.app import compose_main
 
 _USAGE = """usage: speckle-embed stream-replay inputs=[FILE,...] [key=value ...]
 
-Send frames of files over ZMQ (PUSH, bound) at rate_hz frames/s. Keys (conf/stream_replay.yaml):
+Send frames of files over ZMQ (PUSH, bound) at rate_hz frames/s. Keys (conf/stream/stream_replay.yaml):
 """
 
 

@@ -1,6 +1,6 @@
 """The online veto service: source -> bounded queue -> classifier -> PUB socket, log, CXI, page.
 
-:func:`run_stream` takes the configuration of ``conf/stream.yaml`` as a plain mapping (the
+:func:`run_stream` takes the configuration of ``conf/stream/stream.yaml`` as a plain mapping (the
 Hydra entry point :mod:`speckle_embed.stream.__main__` composes it) and runs until SIGINT or
 SIGTERM (the batch in flight is finished, the outputs are flushed, it returns), until a finite
 source ends (``stop_when_source_ends``), or until ``max_seconds`` / ``max_frames``.
@@ -117,7 +117,7 @@ def build_source(scfg: Mapping[str, Any]):
                                 data_path=scfg.get("data_path"),
                                 frames_per_message=int(scfg.get("frames_per_message", 32)),
                                 repeat=int(scfg.get("repeat", 1)))
-    raise ValueError(f"source.kind must be zmq, karabo or replay; got {kind!r} (choose stream/source=...)")
+    raise ValueError(f"source.kind must be zmq, karabo or replay; got {kind!r} (choose source=...)")
 
 
 def build_assembler(acfg: Mapping[str, Any] | None):

@@ -1,7 +1,7 @@
 """Training of embedding models: P x K sampling, on-device augmentation, resumable loop.
 
 ``python -m speckle_embed.train`` runs :func:`train` with the configuration composed by Hydra
-from ``conf/train.yaml``; library code here never imports hydra. :func:`train` is the app-layer
+from ``conf/train/train.yaml``; library code here never imports hydra. :func:`train` is the app-layer
 one (:mod:`~speckle_embed.train.app`: simulates a missing dataset when ``data.generate_if_missing``);
 :func:`speckle_embed.train.loop.train` is the library loop, which never imports the simulator.
 """

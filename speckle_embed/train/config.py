@@ -1,6 +1,6 @@
 """Training configuration: nested dataclasses built from plain (Hydra-composed) mappings.
 
-``conf/train.yaml`` mirrors :class:`TrainConfig` key for key; :meth:`TrainConfig.from_dict`
+``conf/train/train.yaml`` mirrors :class:`TrainConfig` key for key; :meth:`TrainConfig.from_dict`
 refuses unknown keys (with the allowed ones in the message) so that a typo in an override
 fails before any work. ``model`` and ``augment`` stay plain mappings here (the model registry
 and :class:`~speckle_embed.train.augment.AugmentConfig` validate them).
@@ -149,7 +149,7 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything :func:`speckle_embed.train.train` needs (see ``conf/train.yaml``).
+    """Everything :func:`speckle_embed.train.train` needs (see ``conf/train/train.yaml``).
 
     Attributes
     ----------

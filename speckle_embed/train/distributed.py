@@ -39,7 +39,7 @@ BACKENDS = ("auto", "nccl", "gloo", "none")
 @dataclass
 class DistributedConfig:
     """How the processes of a ``torchrun`` launch train together (``distributed:`` in
-    ``conf/train.yaml``).
+    ``conf/train/train.yaml``).
 
     Attributes
     ----------

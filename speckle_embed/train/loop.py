@@ -646,7 +646,7 @@ def train(cfg: Any, *, callbacks: Sequence[Callable[[str, dict], None]] = (),
     Parameters
     ----------
     cfg : TrainConfig, mapping or DictConfig
-        The configuration (``conf/train.yaml`` composed by Hydra, or a plain dict; missing
+        The configuration (``conf/train/train.yaml`` composed by Hydra, or a plain dict; missing
         keys take the defaults of :class:`~speckle_embed.train.config.TrainConfig`). Its
         ``distributed`` section (:class:`~speckle_embed.train.distributed.DistributedConfig`)
         says how the processes of a ``torchrun`` launch train together; it is a launch
