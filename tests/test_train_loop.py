@@ -281,3 +281,22 @@ def test_generate_if_missing_simulates_a_dataset(tmp_path):
     result = train(cfg)
     assert len(list(data.glob("*.h5"))) == 3
     assert result.global_step == 2 and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_merge_classes_relabels_training_and_validation_frames(tmp_path):
+    """data.merge_classes={3: 2}: non-sample frames carry the multi label (one "not single" class)."""
+    write_dataset(tmp_path / "d", n_structures=4, per_class=4, hits=(1, 2, 3))
+    plain = TrainConfig.from_dict({"data": {"dirs": [str(tmp_path / "d")], "val_fraction": 0.25},
+                                   "eval": {"k_shot": 2, "classes": [1, 2]}})
+    merged = TrainConfig.from_dict({"data": {"dirs": [str(tmp_path / "d")], "val_fraction": 0.25,
+                                             "merge_classes": {3: 2}}, "eval": {"k_shot": 2, "classes": [1, 2]}})
+    a = build_train_data(plain.data, plain.eval, seed=0, base_dir=tmp_path)
+    b = build_train_data(merged.data, merged.eval, seed=0, base_dir=tmp_path)
+    np.testing.assert_array_equal(a.train_idx, b.train_idx)        # the same frames ...
+    assert set(a.train_hit.tolist()) == {1, 2, 3} and set(b.train_hit.tolist()) == {1, 2}
+    np.testing.assert_array_equal(b.train_hit, np.where(a.train_hit == 3, 2, a.train_hit))  # ... relabelled
+    # validation (eval.classes [1, 2]): non-sample frames join the "multi" (not single) side
+    assert set(a.val_hit.tolist()) == {1, 2} and set(b.val_hit.tolist()) == {1, 2}
+    assert b.val_idx.size > a.val_idx.size
+    with pytest.raises(ValueError, match="merge_classes"):
+        TrainConfig.from_dict({"data": {"dirs": ["x"], "merge_classes": {"non": "sense"}}})

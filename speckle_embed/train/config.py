@@ -57,6 +57,10 @@ class DataConfig:
         Common frame size when the folders mix detectors (e.g. 172x172 and a 128x128 pnCCD):
         every shard is centre-cropped/padded to it and the padding is masked as bad pixels
         (``"max"``: the largest height and width). None: all shards must have one size.
+    merge_classes : dict, optional
+        ``{hit class: label}`` applied to the training and validation labels, e.g. ``{3: 2}``:
+        non-sample hits share the multi-hit label, so mining treats both as one "not single"
+        class, as a 2-way single vs not-single task sees them. None: the hit classes as stored.
     """
 
     dirs: list = field(default_factory=lambda: ["data/simulated/procedural"])
@@ -73,6 +77,7 @@ class DataConfig:
     generate: dict = field(default_factory=dict)
     max_open_files: int = 64
     frame_shape: object = None
+    merge_classes: dict | None = None
 
     def __post_init__(self):
         if self.frame_shape is not None and not isinstance(self.frame_shape, str):
@@ -84,6 +89,12 @@ class DataConfig:
             raise ValueError("data.dirs is empty: give at least one dataset folder or file")
         if self.mode not in ("structure", "class"):
             raise ValueError(f"data.mode must be 'structure' or 'class', got {self.mode!r}")
+        if self.merge_classes is not None:
+            try:
+                self.merge_classes = {int(k): int(v) for k, v in dict(self.merge_classes).items()}
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"data.merge_classes must map hit classes to labels, e.g. {{3: 2}}; "
+                                 f"got {self.merge_classes!r}") from exc
 
 
 @dataclass

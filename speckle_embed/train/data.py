@@ -22,7 +22,7 @@ from speckle_embed.paths import absolute_path
 from .config import DataConfig, EvalConfig
 from .split import frames_of_structures, split_by_class, split_by_structure
 
-__all__ = ["TrainData", "build_train_data", "ensure_dataset", "DEFAULT_GENERATE", "DatasetGenerator"]
+__all__ = ["TrainData", "build_train_data", "merge_labels", "ensure_dataset", "DEFAULT_GENERATE", "DatasetGenerator"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,14 @@ def _cap_per_group(idx: np.ndarray, structure: np.ndarray, hit: np.ndarray, cap:
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
+def merge_labels(hit: np.ndarray, merge: dict) -> np.ndarray:
+    """``hit`` with every class ``k`` of ``merge`` replaced by ``merge[k]`` (a copy; others unchanged)."""
+    out = np.array(hit, copy=True)
+    for k, v in merge.items():
+        out[np.asarray(hit) == int(k)] = int(v)
+    return out
+
+
 def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Path,
                      generator: DatasetGenerator | None = None) -> TrainData:
     """Index the shards of ``cfg.dirs`` and split them (see :class:`~.config.DataConfig`).
@@ -182,6 +190,8 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
     split_seed = seed if cfg.split_seed is None else int(cfg.split_seed)
     eval_classes = list(ev.classes) if ev.classes is not None else list(range(1, 1 + ev.n_way))
 
+    # labels as the few-shot task sees them (data.merge_classes), for choosing validation frames
+    merged_hit = merge_labels(labels.hit_class, cfg.merge_classes) if cfg.merge_classes else labels.hit_class
     if cfg.mode == "structure":
         classes = (sorted(set(labels.hit_class[known].tolist())) if cfg.hit_classes is None
                    else [int(c) for c in cfg.hit_classes])
@@ -194,7 +204,7 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
         train_idx = np.intersect1d(frames_of_structures(labels.structure_id, train_names),
                                    np.flatnonzero(usable))
         val_all = np.intersect1d(frames_of_structures(labels.structure_id, val_names),
-                                 np.flatnonzero(known & np.isin(labels.hit_class, eval_classes)))
+                                 np.flatnonzero(known & np.isin(merged_hit, eval_classes)))
         train_structure = labels.structure_index[train_idx]
         train_hit = labels.hit_class[train_idx]
         val_structure = labels.structure_index[val_all]
@@ -212,6 +222,8 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
         src = lambda ix: sorted({s for s in labels.structure_id[ix] if s is not None})  # noqa: E731
         train_names, val_names = src(train_idx), src(val_all)
 
+    if cfg.merge_classes:
+        train_hit, val_hit = merge_labels(train_hit, cfg.merge_classes), merge_labels(val_hit, cfg.merge_classes)
     counts = {HIT_CLASSES[c] if 0 <= c < len(HIT_CLASSES) else str(c): int(np.sum(train_hit == c))
               for c in sorted(set(train_hit.tolist()))}
     small = [name for name, n in counts.items() if n < 2]
