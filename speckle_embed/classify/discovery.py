@@ -15,7 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from speckle_embed.data.h5dataset import DEFAULT_DATA_PATH, MASK_PATHS
+from speckle_embed.data.shard import DEFAULT_DATA_PATH
+from speckle_embed.formats import MASK_PATHS
 
 __all__ = ["CXI_DATA_PATHS", "resolve_inputs", "find_frames_dataset", "open_input", "file_mask",
            "read_external_mask", "damaged_input_error"]
