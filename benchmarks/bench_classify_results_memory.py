@@ -1,6 +1,6 @@
 """Memory of the in-memory HDF5 results of ``speckle-embed classify`` (bytes per frame).
 
-``speckle_embed.cli._Writer`` builds ``predictions.h5`` in memory and writes it at the end (so a
+``speckle_embed.classify.writer.PredictionWriter`` builds ``predictions.h5`` in memory and writes it at the end (so a
 full disk can never leave an HDF5 file open; docs/reliability.md). This measures the size of that
 file image per classified frame, for string labels and ``--classes`` classes, with random
 distances/probabilities (seed 0): the memory the results hold until the end of a run.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speckle_embed.classify.writer import PredictionWriter
 from speckle_embed.fewshot.classifier import ClassificationResult
-from speckle_embed.cli import _Writer
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     clf = types.SimpleNamespace(classes_=names, _label_kind_="str")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as d:
-        w = _Writer(Path(d), "predictions", clf, [Path("run.h5")], write_csv=False)
+        w = PredictionWriter(Path(d), "predictions", clf, [Path("run.h5")], write_csv=False)
         for start in range(0, args.frames, args.chunk):
             k = min(args.chunk, args.frames - start)
             codes = rng.integers(0, args.classes, k)

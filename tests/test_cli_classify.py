@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from speckle_embed import cli
+from speckle_embed.classify import writer as writer_module
 from speckle_embed.__main__ import main
 from speckle_embed.classifier import FewShotClassifier
 from speckle_embed.cli import find_frames_dataset, resolve_inputs, run_classify
@@ -174,7 +174,7 @@ def test_write_error_gives_one_line_and_leaves_no_temporary(setup, tmp_path, cap
         real = open(path, mode, *args, **kwargs)
         return _FailingFile(real, code) if target in os.fspath(path) and "w" in mode else real
 
-    monkeypatch.setattr(cli, "open", failing_open, raising=False)
+    monkeypatch.setattr(writer_module, "open", failing_open, raising=False)
     rc = main(["classify", f"classifier={root / 'clf'}", f"inputs=[{root / 'data'}]", f"output_dir={out}",
                "progress=false"])
     err = capsys.readouterr().err
@@ -197,7 +197,7 @@ def test_write_error_keeps_earlier_results(setup, tmp_path, monkeypatch):
         real = open(path, mode, *args, **kwargs)
         return _FailingFile(real, errno.ENOSPC) if ".h5." in os.fspath(path) and "w" in mode else real
 
-    monkeypatch.setattr(cli, "open", failing_open, raising=False)
+    monkeypatch.setattr(writer_module, "open", failing_open, raising=False)
     with pytest.raises(OSError, match="No space left on device"):
         run_classify(cfg)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -12,37 +12,29 @@ of the rules of :mod:`speckle_embed.fewshot.rules` (``"mean_distance"``, Speckle
     clf.predict(queries), clf.predict_proba(queries)
     clf.save("clf/"); clf = se.FewShotClassifier.load("clf/")
 
-Saved classifier layout (one directory, written atomically: a ``<dir>.<pid>-<hex>.tmp`` sibling
-renamed into place)::
-
-    classifier.json   format, rule parameters, class names, support counts, threshold, the
-                      embedder's checkpoint hash and preprocessing, SHA-256 of the files below
-    index.npz         SupportIndex.save (FAISS flat index, ids, integer labels 0..C-1)
-    embedder.pt       the embedder's weights (a copy of its checkpoint file while the weights in
-                      memory are still those of the file), so that load() works standalone
-
-Only these three files belong to the classifier: saving over a saved classifier replaces them
-and keeps any other file of the folder (a user's ``notes.txt``). Loading reads ``embedder.pt``
-with ``torch.load(weights_only=True)`` only; the SHA-256 list in ``classifier.json`` detects
-damage, not tampering (``docs/reliability.md``, "Trust model").
+Saving and loading (:meth:`FewShotClassifier.save` / :meth:`FewShotClassifier.load`, the folder
+layout, ``classifier.json`` and its checks) live in :mod:`speckle_embed.fewshot.persistence`; class-label
+coercion in :mod:`speckle_embed.fewshot.labels`.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, load_adaptation, parse_adapt, save_adaptation
-from speckle_embed.atomic import build_directory_atomically, read_format_json
-from speckle_embed.checkpoint import UntrustedCheckpointError, file_hash, sha256_file, write_checkpoint
+from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, parse_adapt
 from speckle_embed.estimator import FrameClassifier, NotFittedError
 from speckle_embed.fewshot.index import SupportIndex
+from speckle_embed.fewshot.labels import as_label_list, label_kind, labels_array
+from speckle_embed.fewshot.persistence import (
+    CLASSIFIER_FORMAT,
+    ClassifierFileError,
+    load_classifier,
+    save_classifier,
+)
 from speckle_embed.fewshot.rules import (
     RULES,
     UNKNOWN,
@@ -57,16 +49,7 @@ from speckle_embed.inference.embedder import SpeckleEmbedder
 __all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "ClassifierFileError",
            "CLASSIFIER_FORMAT"]
 
-#: ``format`` of ``classifier.json``.
-CLASSIFIER_FORMAT = "speckle_embed-classifier-1"
-_JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
-_ADAPTATION = "adaptation.npz"  # only when fit(..., unlabelled=) adapted the classifier
-_OWN_FILES = (_JSON, _INDEX, _EMBEDDER, _ADAPTATION)  # everything else in a classifier folder is the user's
 _DEFAULT_TEMPERATURE = {"mean_distance": 0.1, "prototype": 0.1, "knn": 1.0}
-
-
-class ClassifierFileError(ValueError):
-    """A saved classifier is incomplete, corrupt or inconsistent; the message names the file."""
 
 
 class ClassificationResult(NamedTuple):
@@ -95,42 +78,6 @@ class ClassificationResult(NamedTuple):
     proba: np.ndarray
     empty: np.ndarray | None = None
 
-
-def _label_kind(values: list) -> str:
-    kinds = set()
-    for v in values:
-        if isinstance(v, (bool, np.bool_)):
-            raise ValueError(f"class labels must be strings or integers; got the boolean {v!r}")
-        if isinstance(v, (str, np.str_)):
-            kinds.add("str")
-        elif isinstance(v, (int, np.integer)):
-            kinds.add("int")
-        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
-            raise ValueError(f"class labels must be strings or integers; got the float {v!r} "
-                             "(convert integer-valued float labels with .astype(int))")
-        else:
-            raise ValueError(f"class labels must be strings or integers; got {v!r} ({type(v).__name__})")
-    if len(kinds) > 1:
-        raise ValueError("class labels mix strings and integers; use one type")
-    return kinds.pop() if kinds else "int"
-
-
-def _as_label_list(y: Any) -> list:
-    if hasattr(y, "detach") and hasattr(y, "cpu"):
-        y = y.detach().cpu().numpy()
-    arr = np.asarray(y, dtype=object) if not isinstance(y, np.ndarray) else y
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one label per support frame); got shape {arr.shape}")
-    out = []
-    for v in arr.tolist():
-        out.append(v.decode() if isinstance(v, bytes) else v)
-    return out
-
-
-def _labels_array(values: list, kind: str) -> np.ndarray:
-    if kind == "str":
-        return np.array([str(v) for v in values], dtype=str) if values else np.empty(0, dtype=str)
-    return np.array([int(v) for v in values], dtype=np.int64)
 
 
 class FewShotClassifier(FrameClassifier):
@@ -298,7 +245,7 @@ class FewShotClassifier(FrameClassifier):
             Their bad pixels (default ``mask``).
         """
         self._check_params()
-        labels = _as_label_list(y)
+        labels = as_label_list(y)
         shape = tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
         if len(shape) not in (2, 3):
             raise ValueError(f"X must have shape (n, H, W) (or (H, W) for one frame); got shape {shape}")
@@ -307,12 +254,12 @@ class FewShotClassifier(FrameClassifier):
             raise ValueError("empty support set: fit() needs at least one support frame per class")
         if len(labels) != n_frames:
             raise ValueError(f"y has {len(labels)} labels but X has {n_frames} frames")
-        kind = _label_kind(labels)
+        kind = label_kind(labels)
         if classes is None:
             names = sorted(set(labels))
         else:
-            names = _as_label_list(list(classes))
-            if _label_kind(names) != kind and names:
+            names = as_label_list(list(classes))
+            if label_kind(names) != kind and names:
                 raise ValueError("classes and y mix strings and integers")
             if len(set(names)) != len(names):
                 raise ValueError(f"classes contains duplicates: {names}")
@@ -339,7 +286,7 @@ class FewShotClassifier(FrameClassifier):
         Z = self._embed(X, mask)
         index = SupportIndex(Z.shape[1], metric="l2", use_gpu=self.use_gpu)
         index.add(Z, codes)
-        self._set_state(index, _labels_array(names, kind), kind)
+        self._set_state(index, labels_array(names, kind), kind)
         if options:
             adapt_prototypes(self.adaptation_, Z, codes, None if unlabelled is None else self._embed(unlabelled, umask),
                              len(names), adapt_options=self.adapt_options)
@@ -365,7 +312,7 @@ class FewShotClassifier(FrameClassifier):
         label = label.decode() if isinstance(label, bytes) else label
         if isinstance(label, np.generic):
             label = label.item()
-        kind = _label_kind([label])
+        kind = label_kind([label])
         shape = tuple(frames.shape) if hasattr(frames, "shape") else np.shape(frames)
         if len(shape) not in (2, 3):
             raise ValueError(f"frames must have shape (n, H, W) or (H, W); got shape {shape}")
@@ -376,7 +323,7 @@ class FewShotClassifier(FrameClassifier):
             self._check_unknown_label([label], kind)
             index = SupportIndex(Z.shape[1], metric="l2", use_gpu=self.use_gpu)
             index.add(Z, np.zeros(Z.shape[0], dtype=np.int64))
-            self._set_state(index, _labels_array([label], kind), kind)
+            self._set_state(index, labels_array([label], kind), kind)
             return self
         if kind != self._label_kind_:
             raise ValueError(f"label {label!r} is a {'string' if kind == 'str' else 'integer'} but this "
@@ -392,7 +339,7 @@ class FewShotClassifier(FrameClassifier):
             raise ValueError(f"the embedder gives {Z.shape[1]}-D embeddings but the supports are "
                              f"{self.index_.dim}-D")
         self.index_.add(Z, np.full(Z.shape[0], code, dtype=np.int64))
-        self._set_state(self.index_, _labels_array(names, kind), kind)
+        self._set_state(self.index_, labels_array(names, kind), kind)
         return self
 
     def _check_unknown_label(self, names, kind) -> None:
@@ -549,7 +496,7 @@ class FewShotClassifier(FrameClassifier):
         """Labels ``y`` as values comparable with :meth:`predict` (str or int64, as ``classes_``);
         :meth:`score` (from :class:`~speckle_embed.estimator.FrameClassifier`) compares them."""
         self._check_fitted()
-        return np.asarray(_as_label_list(y), dtype=str if self.classes_.dtype.kind == "U" else np.int64)
+        return np.asarray(as_label_list(y), dtype=str if self.classes_.dtype.kind == "U" else np.int64)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:
@@ -577,68 +524,7 @@ class FewShotClassifier(FrameClassifier):
         ValueError
             A callable rule, or the embedder was replaced by another one since fitting.
         """
-        self._check_fitted()
-        if not isinstance(self.rule, str):
-            raise ValueError("a classifier with a custom (callable) rule cannot be saved")
-        directory = Path(os.fspath(directory)).expanduser().absolute()
-        if directory.exists():
-            if not directory.is_dir():
-                raise FileExistsError(f"{directory} exists and is not a directory")
-            if any(directory.iterdir()) and not (directory / _JSON).exists():
-                raise FileExistsError(f"refusing to overwrite {directory}: a non-empty directory that "
-                                      "does not hold a saved FewShotClassifier")
-        emb = self.embedder
-        if self.checkpoint_hash_ is not None and self.checkpoint_hash_ != emb.checkpoint_hash:
-            raise ValueError(f"the embedder changed since fit (checkpoint {self.checkpoint_hash_} -> "
-                             f"{emb.checkpoint_hash}); refit before saving")
-        same_weights = emb.weights_match_checkpoint()
-        identity: dict[str, str] = {}
-
-        def write(tmp: Path) -> None:
-            self.index_.save(tmp / _INDEX)
-            src = emb.checkpoint_path
-            if (same_weights and emb._file_is_plain and src is not None and Path(src).is_file()
-                    and file_hash(src) == emb.checkpoint_hash):
-                shutil.copyfile(src, tmp / _EMBEDDER)
-                identity["hash"] = emb.checkpoint_hash
-            else:  # the weights in use, as plain data; unchanged weights keep their identity
-                digest = write_checkpoint(emb.checkpoint_dict(), tmp / _EMBEDDER)
-                identity["hash"] = emb.checkpoint_hash if (same_weights and emb.checkpoint_hash) else digest
-            prep = emb.preprocessing.to_dict()
-            meta = {
-                "format": CLASSIFIER_FORMAT,
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "params": {"rule": self.rule, "k": int(self.k), "temperature": self.temperature,
-                           "reject_quantile": self.reject_quantile, "unknown_label": self.unknown_label,
-                           "scale": self.scale, "center": None if self.center is None else
-                           (self.center if isinstance(self.center, str) else [float(c) for c in self.center])},
-                "label_kind": self._label_kind_,
-                "classes": self.classes_.tolist(),
-                "n_supports": self.n_supports_.tolist(),
-                "threshold": self.threshold_,
-                "embedding_size": self.embedding_size_,
-                "embedder": {"checkpoint_hash": identity["hash"], "file": _EMBEDDER,
-                             "preprocessing": prep, "reference_speckle_px": emb.reference_speckle_px},
-                "files": {_INDEX: sha256_file(tmp / _INDEX), _EMBEDDER: sha256_file(tmp / _EMBEDDER)},
-            }
-            if getattr(self, "adaptation_", None) is not None:
-                meta["adaptation"] = save_adaptation(self.adaptation_, tmp / _ADAPTATION)
-                meta["files"][_ADAPTATION] = sha256_file(tmp / _ADAPTATION)
-            with open(tmp / _JSON, "w") as f:
-                json.dump(meta, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-
-        out = build_directory_atomically(directory, write, own=_OWN_FILES)
-        if identity["hash"] != emb.checkpoint_hash or not (same_weights and emb._file_is_plain):
-            # the embedder is now identified by (and can be reloaded from) the file just written
-            emb.checkpoint_hash = identity["hash"]
-            emb.checkpoint_path = directory / _EMBEDDER
-            emb._file_fingerprint = emb.weights_fingerprint()
-            emb._file_is_plain = True
-        self.checkpoint_hash_ = identity["hash"]
-        return out
+        return save_classifier(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, embedder: SpeckleEmbedder | None = None, *,
@@ -676,126 +562,5 @@ class FewShotClassifier(FrameClassifier):
         ValueError
             ``embedder`` is not the one the classifier was fitted with.
         """
-        directory = Path(os.fspath(directory)).expanduser()
-        if not directory.is_dir():
-            raise FileNotFoundError(f"saved classifier directory {directory} does not exist")
-        jpath = directory / _JSON
-        meta = read_format_json(jpath, CLASSIFIER_FORMAT, ClassifierFileError, "FewShotClassifier")
-        try:
-            params = dict(meta["params"])
-            kind = meta["label_kind"]
-            names = list(meta["classes"])
-            n_supports = [int(v) for v in meta["n_supports"]]
-            files = dict(meta["files"])
-            saved_hash = meta["embedder"]["checkpoint_hash"]
-            threshold = meta["threshold"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ClassifierFileError(f"{jpath} lacks or garbles a field: {exc!r}") from exc
-        _check_saved_fields(jpath, kind, names, threshold)
-
-        def check(name: str) -> Path:
-            p = directory / name
-            if not p.is_file():
-                raise ClassifierFileError(f"{p} is missing from the saved classifier")
-            want = files.get(name)
-            if want is not None and sha256_file(p) != want:
-                raise ClassifierFileError(f"{p} is corrupt: its SHA-256 differs from the one recorded in "
-                                          f"{jpath.name} (modified or truncated after saving)")
-            return p
-
-        ipath = check(_INDEX)
-        try:
-            index = SupportIndex.load(ipath, use_gpu=use_gpu)
-        except Exception as exc:  # noqa: BLE001
-            raise ClassifierFileError(f"{ipath} cannot be read as a SupportIndex: {exc}") from exc
-
-        if embedder is None:
-            epath = check(_EMBEDDER)
-            try:
-                embedder = SpeckleEmbedder.from_checkpoint(epath, device=device,
-                                                           trust_checkpoint=trust_checkpoint)
-            except UntrustedCheckpointError:
-                raise
-            except (ValueError, OSError) as exc:
-                raise ClassifierFileError(f"{epath}: {exc}") from exc
-            embedder.checkpoint_hash = saved_hash  # identity of the original checkpoint
-        elif not isinstance(embedder, SpeckleEmbedder):
-            raise TypeError(f"embedder must be a SpeckleEmbedder; got {type(embedder).__name__}")
-        elif embedder.checkpoint_hash != saved_hash:
-            raise ValueError(
-                f"the classifier in {directory} was fitted with the embedder of checkpoint hash "
-                f"{saved_hash!r}, but the given embedder has {embedder.checkpoint_hash!r}: its "
-                "embeddings are not comparable with the stored supports. Load without embedder= to "
-                "use the saved copy of the original, or refit with the new embedder.")
-
-        names_init = set(cls._get_param_names()) - {"embedder"}  # the parameters of __init__ (scikit-learn)
-        clf = cls(embedder, **{k: v for k, v in params.items() if k in names_init}, use_gpu=use_gpu)
-        if isinstance(clf.center, list):
-            clf.center = tuple(clf.center)
-        _check_supports(ipath, jpath, index, names, n_supports)
-        try:
-            classes = _labels_array(names, kind)
-        except (TypeError, ValueError) as exc:
-            raise ClassifierFileError(f"{jpath}: key 'classes' holds {names!r}, which are not all "
-                                      f"{'integers' if kind == 'int' else 'strings'} as key 'label_kind' "
-                                      f"= {kind!r} says ({exc}); restore the file or re-save the "
-                                      "classifier") from exc
-        if index.dim != embedder.embedding_size:
-            raise ClassifierFileError(f"{ipath} holds {index.dim}-D supports but the embedder gives "
-                                      f"{embedder.embedding_size}-D embeddings")
-        clf.index_ = index
-        clf.classes_ = classes
-        clf._label_kind_ = kind
-        clf.n_supports_ = np.asarray(n_supports, dtype=np.int64)
-        clf.embedding_size_ = int(index.dim)
-        clf.checkpoint_hash_ = saved_hash
-        clf.threshold_ = None if threshold is None else float(threshold)
-        clf.adaptation_ = None
-        if meta.get("adaptation") is not None:
-            apath = check(_ADAPTATION)
-            try:
-                clf.adaptation_ = load_adaptation(apath, meta["adaptation"], embedder)
-                clf.adapt = list(clf.adaptation_.options)
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise ClassifierFileError(f"{apath} cannot be read as the classifier's adaptation: {exc}") from exc
-        return clf
-
-
-_REFIX = "restore the file from a backup or re-save the classifier with clf.save(); do not edit it by hand"
-
-
-def _check_saved_fields(jpath: Path, kind: Any, names: list, threshold: Any) -> None:
-    """Refuse impossible ``label_kind`` / ``classes`` / ``threshold`` values of ``classifier.json``."""
-    if kind not in ("str", "int"):
-        raise ClassifierFileError(f"{jpath}: key 'label_kind' is {kind!r}; expected 'str' or 'int' ({_REFIX})")
-    if not names:
-        raise ClassifierFileError(f"{jpath}: key 'classes' is empty; a saved classifier has at least one class "
-                                  f"({_REFIX})")
-    if len(set(map(repr, names))) != len(names):
-        raise ClassifierFileError(f"{jpath}: key 'classes' has duplicates: {names!r} ({_REFIX})")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise ClassifierFileError(f"{jpath}: key 'threshold' is {threshold!r}; expected a finite number or "
-                                  f"null (no rejection) ({_REFIX})")
-
-
-def _check_supports(ipath: Path, jpath: Path, index: SupportIndex, names: list, n_supports: list[int]) -> None:
-    """The index's supports per class code must match ``classes`` and ``n_supports`` of the JSON."""
-    counts = np.bincount(index.labels_, minlength=len(names)).tolist() if index.ntotal else []
-    if len(counts) > len(names):
-        extra = {code: counts[code] for code in range(len(names), len(counts)) if counts[code]}
-        raise ClassifierFileError(
-            f"{jpath}: key 'classes' lists {len(names)} class(es) {names!r} but {ipath.name} holds supports of "
-            f"{len(counts)} classes: no class name for label code(s) {sorted(extra)} "
-            f"(supports: {extra}) - a class is missing from 'classes' ({_REFIX})")
-    empty = [names[i] for i, c in enumerate(counts) if c == 0] if counts else list(names)
-    if empty:
-        raise ClassifierFileError(
-            f"{jpath}: key 'classes' lists {empty!r}, which have no supports in {ipath.name} (extra "
-            f"class(es); the index has supports for {[n for n in names if n not in empty]!r}) ({_REFIX})")
-    if len(n_supports) != len(names) or counts != n_supports:
-        diff = [f"{names[i]!r}: {counts[i]} in {ipath.name}, {n_supports[i] if i < len(n_supports) else 'none'} "
-                f"in {jpath.name}" for i in range(len(names))
-                if i >= len(n_supports) or counts[i] != n_supports[i]]
-        raise ClassifierFileError(f"{jpath}: key 'n_supports' {n_supports} disagrees with {ipath.name}: "
-                                  f"{'; '.join(diff) or 'one count per class expected'} ({_REFIX})")
+        return load_classifier(cls, directory, embedder, device=device, use_gpu=use_gpu,
+                               trust_checkpoint=trust_checkpoint)
