@@ -139,9 +139,12 @@ class SpeckleEmbedder(CheckpointIO):
             raise ValueError(f"nan_policy must be 'mask' or 'raise'; got {nan_policy!r}")
         if reference_speckle_px is not None and not (np.isfinite(reference_speckle_px) and reference_speckle_px > 0):
             raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
+        if precision == "int8":  # int8 runs on the CPU only: say so before any CUDA availability question
+            asked = device if isinstance(device, torch.device) else torch.device(
+                "cpu" if device == "auto" and not torch.cuda.is_available() else
+                ("cuda" if device == "auto" else device))
+            check_int8(asked, compile)
         self.device = resolve_device(device)
-        if precision == "int8":
-            check_int8(self.device, compile)
         self.model = model.to(self.device).eval()
         self.preprocessing = prep
         self.batch_size = int(batch_size)
