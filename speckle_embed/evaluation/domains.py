@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import bootstrap
 
 from speckle_embed.adaptation import (
     prototype_distances,
@@ -299,6 +298,8 @@ def episode_interval(values: np.ndarray, level: float = 0.95, *, n_resamples: in
         return float("nan"), float("nan")
     if v.size == 1 or np.ptp(v) == 0:
         return float(v[0] if v.size == 1 else v.mean()), float(v[0] if v.size == 1 else v.mean())
+    from scipy.stats import bootstrap  # optional (the sim extra); the evaluation suite imports without scipy
+
     res = bootstrap((v,), np.mean, confidence_level=level, n_resamples=n_resamples, method="percentile",
                     rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
