@@ -72,13 +72,13 @@ def load_supports(folder) -> tuple[np.ndarray, list[str]]:
 def build_classifier(cfg: Mapping[str, Any]):
     """The classifier of ``cfg`` and the support frames/labels (None when loaded from a save)."""
     from speckle_embed.fewshot.classifier import FewShotClassifier
-    from speckle_embed.inference.pretrained import load_pretrained
+    from speckle_embed.inference.pretrained import DEFAULT_PRETRAINED, load_pretrained
 
     sup = load_supports(cfg["supports"]) if cfg.get("supports") else (None, None)
     if cfg.get("classifier"):
         clf = FewShotClassifier.load(cfg["classifier"], device=cfg.get("device", "cpu"), use_gpu=False)
     elif sup[0] is not None:
-        emb = load_pretrained(cfg.get("pretrained") or "specklenn-offline-v2", device=cfg.get("device", "cpu"))
+        emb = load_pretrained(cfg.get("pretrained") or DEFAULT_PRETRAINED, device=cfg.get("device", "cpu"))
         clf = FewShotClassifier(emb, use_gpu=False).fit(sup[0], sup[1])
     else:
         raise ValueError("give classifier=<saved FewShotClassifier directory> or supports=<folder with one "
