@@ -25,7 +25,9 @@ def test_load_pretrained_gives_a_working_embedder():
     assert emb.checkpoint_hash == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     assert emb.reference_speckle_px is not None and emb.reference_speckle_px > 1
     assert emb.metadata["pretrained"] == DEFAULT_PRETRAINED
-    assert set(emb.metadata["val_structures"]) >= {"1BXN", "2FHA"}
+    # the validation structures chose the checkpoint; they never trained (v3: the AMO domain's capsids)
+    val = set(emb.metadata["val_structures"])
+    assert val and not val & set(emb.metadata.get("train_structures") or [])
     frames = np.random.default_rng(0).poisson(3.0, (4, 172, 172)).astype(np.uint16)
     z = emb.embed(frames)
     assert z.shape == (4, 128) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
