@@ -439,7 +439,10 @@ def test_kill_9_then_restart_appends_and_files_stay_readable(tmp_path, clf_dir):
     for q in cxi_after:
         with h5py.File(out / "singles" / q, "r") as h:
             assert h["/entry_1/data_1/data"].shape[0] == h.attrs["n_frames"] >= 1
-    assert not list(out.rglob("singles-*.cxi.*[0-9a-f].tmp"))                # the killed file was recovered
+    # the killed file was recovered, or (HDF5 could not open it: kill -9 mid-write; documented in
+    # speckle_embed/stream/singles_cxi.py) moved aside as *.damaged.tmp; no live temporary is left
+    leftover = sorted(out.rglob("singles-*.tmp"))
+    assert all(q.name.endswith(".damaged.tmp") for q in leftover) and len(leftover) <= 1, leftover
 
 
 def test_cli_errors_are_one_line(tmp_path):
