@@ -140,10 +140,7 @@ class SpeckleEmbedder(CheckpointIO):
         if reference_speckle_px is not None and not (np.isfinite(reference_speckle_px) and reference_speckle_px > 0):
             raise ValueError(f"reference_speckle_px must be a positive number; got {reference_speckle_px!r}")
         if precision == "int8":  # int8 runs on the CPU only: say so before any CUDA availability question
-            asked = device if isinstance(device, torch.device) else torch.device(
-                "cpu" if device == "auto" and not torch.cuda.is_available() else
-                ("cuda" if device == "auto" else device))
-            check_int8(asked, compile)
+            check_int8(resolve_device("auto") if device == "auto" else torch.device(device), compile)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.preprocessing = prep

@@ -190,7 +190,7 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
     split_seed = seed if cfg.split_seed is None else int(cfg.split_seed)
     eval_classes = list(ev.classes) if ev.classes is not None else list(range(1, 1 + ev.n_way))
 
-    # labels as the few-shot task sees them (data.merge_classes), for choosing validation frames
+    # labels as the few-shot task sees them (data.merge_classes): the training and validation labels
     merged_hit = merge_labels(labels.hit_class, cfg.merge_classes) if cfg.merge_classes else labels.hit_class
     if cfg.mode == "structure":
         classes = (sorted(set(labels.hit_class[known].tolist())) if cfg.hit_classes is None
@@ -206,24 +206,22 @@ def build_train_data(cfg: DataConfig, ev: EvalConfig, *, seed: int, base_dir: Pa
         val_all = np.intersect1d(frames_of_structures(labels.structure_id, val_names),
                                  np.flatnonzero(known & np.isin(merged_hit, eval_classes)))
         train_structure = labels.structure_index[train_idx]
-        train_hit = labels.hit_class[train_idx]
+        train_hit = merged_hit[train_idx]
         val_structure = labels.structure_index[val_all]
-        val_hit = labels.hit_class[val_all]
+        val_hit = merged_hit[val_all]
         eval_names = list(index.structure_names)
     else:
         classes = [1, 2, 3] if cfg.hit_classes is None else [int(c) for c in cfg.hit_classes]
         train_idx, val_all = split_by_class(labels.hit_class, classes, cfg.n_train_per_class,
                                             cfg.n_val_per_class, seed=split_seed, where=where)
         train_structure = np.zeros(train_idx.size, dtype=np.int64)
-        train_hit = labels.hit_class[train_idx]
+        train_hit = merged_hit[train_idx]
         val_structure = np.zeros(val_all.size, dtype=np.int64)
-        val_hit = labels.hit_class[val_all]
+        val_hit = merged_hit[val_all]
         eval_names = ["all"]
         src = lambda ix: sorted({s for s in labels.structure_id[ix] if s is not None})  # noqa: E731
         train_names, val_names = src(train_idx), src(val_all)
 
-    if cfg.merge_classes:
-        train_hit, val_hit = merge_labels(train_hit, cfg.merge_classes), merge_labels(val_hit, cfg.merge_classes)
     counts = {HIT_CLASSES[c] if 0 <= c < len(HIT_CLASSES) else str(c): int(np.sum(train_hit == c))
               for c in sorted(set(train_hit.tolist()))}
     small = [name for name, n in counts.items() if n < 2]
