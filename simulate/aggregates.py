@@ -54,7 +54,9 @@ def contact_positions(n_particles: int, radius, rng: np.random.Generator, max_tr
     >>> round(float(np.linalg.norm(pos[0] - pos[1])), 6)
     60.0
     """
-    radii = np.broadcast_to(np.asarray(radius, dtype=np.float64), (n_particles,))
+    radii = np.asarray(radius, dtype=np.float64)
+    if radii.ndim == 0:
+        radii = np.full(n_particles, float(radii))
     if radii.shape != (n_particles,) or not np.all(radii > 0):
         raise ValueError(f"radius must be positive, one value or {n_particles}, got {radius!r}")
     lo, hi = (float(g) for g in gap_rel)
