@@ -8,6 +8,7 @@ Everything runs on the 48x48 test detector (the paper's pixel pitch) and takes a
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -354,3 +355,38 @@ def test_new_continuum_kinds_resolve_and_check_their_parameters():
     with pytest.raises(StructureError, match="shell_thickness"):
         ellipsoidal_capsid(200.0, 0.5, shell_thickness=60.0)
     assert icosahedral_capsid(200.0, 20.0, voxel_angstrom=20.0).n_atoms > 0
+
+
+# ============================================================================ datasets
+def test_generated_shards_carry_the_sample_truth_and_identity(tmp_path):
+    import h5py
+
+    from simulate.dataset_io import TRUTH_GROUP
+    from simulate.generate import generate_dataset
+    from simulate.resume import DatasetMismatchError
+
+    specs = resolve_sources({"kind": "continuum", "objects": [
+        {"kind": "sphere", "name": "ball", "params": {"radius_angstrom": 60.0, "voxel_angstrom": 10.0}}]})
+    mix = {"single": 0.3, "multi": 0.3, "no_hit": 0.1, "non_sample": 0.3}
+    sample = {"polydispersity": {"sigma_rel": 0.05}, "aggregate": {}, "non_sample": {"debris_p": 0.5}}
+    common = dict(n_frames=16, chunk=16, mix=mix, progress=False, threads=1)
+    plain = generate_dataset(specs, SMALL, out_dir=tmp_path / "plain", **common)
+    varied = generate_dataset(specs, SMALL, out_dir=tmp_path / "varied", sample=sample, **common)
+    assert plain.ok and varied.ok
+    with h5py.File(plain.shard_paths[0], "r") as f:
+        assert "size_scale" not in f[TRUTH_GROUP] and "sample" not in f.attrs
+        assert "sample" not in json.loads(f.attrs["dataset_identity"])
+    with h5py.File(varied.shard_paths[0], "r") as f:
+        t = {k: f[TRUTH_GROUP][k][()] for k in ("size_scale", "non_sample_kind", "n_particles", "hit_class")}
+        identity = json.loads(f.attrs["dataset_identity"])
+        assert f[TRUTH_GROUP]["size_scale"].attrs["units"] == "1"
+    assert identity["sample"]["polydispersity"] == {"sigma_rel": 0.05, "max_sigmas": 3.0}
+    assert identity["sample"]["non_sample"]["fragment_p"] == 0.25           # defaults recorded
+    hits = t["n_particles"] > 0
+    assert np.all(np.isfinite(t["size_scale"][hits, 0])) and np.any(t["size_scale"][hits, 0] != 1)
+    assert {k.decode() if isinstance(k, bytes) else k for k in t["non_sample_kind"][t["hit_class"] == 3]} \
+        <= set(NON_SAMPLE_KINDS)
+    # resuming with other sample settings is refused, naming the key
+    with pytest.raises(DatasetMismatchError, match="sample.polydispersity.sigma_rel"):
+        generate_dataset(specs, SMALL, out_dir=tmp_path / "varied", sample={**sample, "polydispersity": {
+            "sigma_rel": 0.08}}, **common)
