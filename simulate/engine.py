@@ -254,7 +254,9 @@ class PatternEngine:
         if not (math.isfinite(max_size_scale) and max_size_scale >= 1.0):
             raise ValueError(f"max_size_scale must be a finite number >= 1, got {max_size_scale!r}")
         check_sampling(geometry, 2 * structure.radius * max_size_scale,
-                       where=f"structure {structure.name!r}")
+                       where=f"structure {structure.name!r}" + (
+                           f" grown x{max_size_scale:g} by dataset.sample.polydispersity (lower "
+                           "sigma_rel or max_sigmas)" if max_size_scale != 1.0 else ""))
         self.structure, self.geometry, self.method = structure, geometry, method
         self.max_size_scale = float(max_size_scale)
         self._fbar = None

@@ -390,3 +390,13 @@ def test_generated_shards_carry_the_sample_truth_and_identity(tmp_path):
     with pytest.raises(DatasetMismatchError, match="sample.polydispersity.sigma_rel"):
         generate_dataset(specs, SMALL, out_dir=tmp_path / "varied", sample={**sample, "polydispersity": {
             "sigma_rel": 0.08}}, **common)
+
+
+def test_polydispersity_beyond_the_detector_sampling_names_the_option():
+    from simulate.errors import GeometryError
+    from simulate.geometry import pnccd_geometry
+
+    big = sphere(340.0, voxel_angstrom=40.0)                       # 680 A fits the pnCCD (790 A) ...
+    PatternEngine(big, pnccd_geometry(8), method="direct", max_size_scale=1.15)
+    with pytest.raises(GeometryError, match="polydispersity"):    # ... 1.2 x 680 A does not
+        PatternEngine(big, pnccd_geometry(8), method="direct", max_size_scale=1.2)
