@@ -259,7 +259,8 @@ class PatternEngine:
                            "sigma_rel or max_sigmas)" if max_size_scale != 1.0 else ""))
         self.structure, self.geometry, self.method = structure, geometry, method
         self.max_size_scale = float(max_size_scale)
-        self._fbar = None
+        self._fbar = None       # (table of fbar(|q|), step), built on the first scaled shot
+        self._q_norm = None     # |q| of this detector, cached on the first scaled shot
         self.device = torch.device(device)
         self.q = torch.as_tensor(reciprocal_vectors(geometry), device=self.device)   # (H,W,3) f64
         self.scale = torch.as_tensor(intensity_scale(geometry), device=self.device)  # (H,W) f64
@@ -364,7 +365,13 @@ class PatternEngine:
             q_body = q_body * scales.to(qf.dtype)[:, None, None, None]
         field = self.amplitude(q_body)                                 # (m, H, W)
         if scales is not None:
-            factor = self.size_factor(torch.linalg.vector_norm(q.to(torch.float64), dim=-1), scales)
+            if q is self.q:
+                if self._q_norm is None:
+                    self._q_norm = torch.linalg.vector_norm(self.q, dim=-1)
+                q_norm = self._q_norm
+            else:
+                q_norm = torch.linalg.vector_norm(q.to(torch.float64), dim=-1)
+            factor = self.size_factor(q_norm, scales)
             field = field * factor.to(field.real.dtype)
         if positions_angstrom is not None:
             phase = 2 * math.pi * torch.einsum("hwi,mi->mhw", qf, positions_angstrom.to(qf.dtype))
