@@ -7,9 +7,10 @@ and calls :func:`run`; tests and notebooks can call :func:`run` with a config co
 Config keys used (see ``conf/simulate/simulate.yaml``): ``mode`` (``generate`` | ``render``),
 ``geometry`` (the :class:`~simulate.geometry.Geometry` fields), ``source`` (see
 :mod:`simulate.sources`), ``dataset`` (``n_frames``, ``chunk``, ``mix``, ``noise``,
-``fluence``), ``out_dir``, ``seed``, ``method``, ``oversampling``, ``device``, ``threads``,
-``deterministic``, ``progress``, ``overwrite``, ``run.shard_index``, ``run.num_shards``, ``render_after``
-and ``render.{input, output, per_class, log}``.
+``fluence``, optional ``sample``: :mod:`simulate.sample_variety`), ``out_dir``, ``seed``,
+``method``, ``oversampling``, ``device``, ``threads``, ``deterministic``, ``progress``,
+``overwrite``, ``run.shard_index``, ``run.num_shards``, ``render_after`` and
+``render.{input, output, per_class, log}``.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def run(cfg, *, output_dir=None, base_dir=None):
     report = generate_dataset(
         specs, geometry, out_dir=absolute_path(c["out_dir"], base), n_frames=ds["n_frames"],
         chunk=ds.get("chunk", 64), mix=ds.get("mix"), noise=ds.get("noise"),
-        fluence=ds.get("fluence"), method=c.get("method", "fast"),
+        fluence=ds.get("fluence"), sample=ds.get("sample"), method=c.get("method", "fast"),
         oversampling=c.get("oversampling"), device=_device(c.get("device", "cpu")),
         seed=c.get("seed", 0), shard_index=shards.get("shard_index", 0),
         num_shards=shards.get("num_shards", 1), config_yaml=config_yaml,

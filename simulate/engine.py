@@ -13,6 +13,14 @@ Two ways to get the amplitude ``F(q) = sum_j w_j f_j(|q|) exp(2 pi i q . r_j)`` 
 Several particles in one shot: their fields are summed coherently,
 ``F_shot(q) = sum_p F(R_p^T q) exp(2 pi i q . t_p)``, with ``R_p`` the rotation of particle ``p``
 and ``t_p`` its position (angstrom), exactly as skopi's ``Experiment`` does.
+
+Size scaling (polydispersity, :mod:`simulate.sample_variety`): the particle scaled by ``s`` in
+real space at constant density (positions ``s r_j``, weights ``s^3 w_j``) has
+``F_s(q) = s^3 sum_j w_j f_j(|q|) exp(2 pi i s q . r_j)``. The engine returns
+``s^3 F(s q) fbar(|q|) / fbar(s |q|)``, with ``fbar`` the weight-averaged form factor of the
+structure: exact for single-element structures (every continuum object, carbon pseudo-atoms)
+and, for real atoms, exact up to the spread of ``f_e(q) / f_e(s q)`` between elements (see
+:meth:`PatternEngine.size_factor`).
 """
 from __future__ import annotations
 
@@ -231,15 +239,28 @@ class PatternEngine:
         Largest beam-centre offset that will be requested (pads the grid's q-range).
     nthreads : int, optional
         finufft threads for the reciprocal grid (default 1, bit-reproducible).
+    max_size_scale : float
+        Largest particle size factor ``s`` that :meth:`shot_field` will be asked for
+        (polydispersity): the grid covers ``s * q_max`` and the detector must sample the
+        speckle of a particle ``s`` times larger. Default 1 (no scaling).
     """
 
     def __init__(self, structure: Structure, geometry: Geometry, *, method: str = "fast",
                  device="cpu", oversampling: float = DEFAULT_OVERSAMPLING,
-                 max_beam_offset_px: float = 0.0, nthreads: int | None = None):
+                 max_beam_offset_px: float = 0.0, nthreads: int | None = None,
+                 max_size_scale: float = 1.0):
         if method not in ("fast", "direct"):
             raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
-        check_sampling(geometry, 2 * structure.radius, where=f"structure {structure.name!r}")
+        if not (math.isfinite(max_size_scale) and max_size_scale >= 1.0):
+            raise ValueError(f"max_size_scale must be a finite number >= 1, got {max_size_scale!r}")
+        check_sampling(geometry, 2 * structure.radius * max_size_scale,
+                       where=f"structure {structure.name!r}" + (
+                           f" grown x{max_size_scale:g} by dataset.sample.polydispersity (lower "
+                           "sigma_rel or max_sigmas)" if max_size_scale != 1.0 else ""))
         self.structure, self.geometry, self.method = structure, geometry, method
+        self.max_size_scale = float(max_size_scale)
+        self._fbar = None       # (table of fbar(|q|), step), built on the first scaled shot
+        self._q_norm = None     # |q| of this detector, cached on the first scaled shot
         self.device = torch.device(device)
         self.q = torch.as_tensor(reciprocal_vectors(geometry), device=self.device)   # (H,W,3) f64
         self.scale = torch.as_tensor(intensity_scale(geometry), device=self.device)  # (H,W) f64
@@ -248,6 +269,8 @@ class PatternEngine:
         if method == "fast":
             pad = max_beam_offset_px * 1.5
             qmax = float(torch.linalg.vector_norm(self.q, dim=-1).max()) * (1 + pad / geometry.n_pixels)
+            if max_size_scale != 1.0:
+                qmax *= max_size_scale
             self.volume = ReciprocalVolume(structure, qmax, oversampling=oversampling,
                                            device=self.device, nthreads=nthreads)
 
@@ -257,8 +280,52 @@ class PatternEngine:
             return self.volume.sample(q)
         return direct_amplitude(self.structure, q.reshape(-1, 3)).reshape(q.shape[:-1])
 
+    def size_factor(self, q_norm: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """``s^3 fbar(|q|) / fbar(s |q|)``: turns ``F(s q)`` into the field of the scaled particle.
+
+        ``fbar(q) = sum_j w_j f_j(q) / sum_j w_j`` is the structure's weight-averaged form factor,
+        tabulated once on 4096 points up to ``max_size_scale * |q|max`` (linear interpolation;
+        form factors vary by < 1e-6 between points). Exact for one element; with several, the
+        residual is ``sum_j w_j f_j(sq) (fbar(q)/fbar(sq) - f_j(q)/f_j(sq))``: against the direct
+        sum of the scaled atoms, the relative L2 error of ``|F|^2`` is below 1e-4 for a C/N/O/S/Fe
+        molecule at ``|q| <= 0.08 1/A`` (the paper's detector) and ``s`` in 0.9-1.2
+        (tests/test_sample_variety.py).
+
+        Parameters
+        ----------
+        q_norm : Tensor, shape (H, W)
+            ``|q|`` in 1/angstrom.
+        scales : Tensor, shape (m,)
+            Size factors ``s`` (1 = the structure as built).
+
+        Returns
+        -------
+        Tensor, shape (m, H, W), float64
+        """
+        if self._fbar is None:
+            from .form_factors import form_factor
+
+            top = max(float(torch.linalg.vector_norm(self.q, dim=-1).max()), 1e-6) * self.max_size_scale * 1.5
+            table_q = np.linspace(0.0, top, 4096)
+            total = np.zeros_like(table_q)
+            for element, _, w in _elements(self.structure):
+                total += w.sum() * form_factor(element, table_q)
+            self._fbar = (torch.as_tensor(total / self.structure.weights.sum(), device=self.device),
+                          top / (len(table_q) - 1))
+        table, step = self._fbar
+        s = scales.to(device=self.device, dtype=torch.float64)
+        qn = q_norm.to(device=self.device, dtype=torch.float64)
+
+        def fbar(x):
+            pos = (x / step).clamp(0, table.shape[0] - 1.000001)
+            i0 = pos.floor().to(torch.long)
+            frac = pos - i0
+            return table[i0] + (table[i0 + 1] - table[i0]) * frac
+
+        return s[:, None, None] ** 3 * fbar(qn)[None] / fbar(s[:, None, None] * qn[None])
+
     def shot_field(self, rotations: torch.Tensor, positions_angstrom: torch.Tensor | None = None,
-                   q: torch.Tensor | None = None) -> torch.Tensor:
+                   q: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> torch.Tensor:
         """Coherent field of one shot with ``m`` particles.
 
         Parameters
@@ -269,10 +336,18 @@ class PatternEngine:
             Particle centres (angstrom); default all at the origin.
         q : Tensor, shape (H, W, 3), optional
             Pixel q-vectors (default: this detector, no beam offset).
+        scales : Tensor, shape (m,), optional
+            Size factor of each particle (default: all 1, nothing scaled), at most
+            ``max_size_scale``; see the module notes.
 
         Returns
         -------
         Tensor, shape (H, W), complex
+
+        Raises
+        ------
+        ValueError
+            A scale outside ``(0, max_size_scale]``.
         """
         q = self.q if q is None else q
         # float32 is ample to address the grid; the direct sum keeps float64.
@@ -282,7 +357,22 @@ class PatternEngine:
             qf = q.to(torch.float64)
         # q in the particle frame: R^T q, i.e. q @ R for row vectors.
         q_body = torch.einsum("hwi,mij->mhwj", qf, rotations.to(qf.dtype))
+        if scales is not None:
+            scales = torch.as_tensor(scales, device=self.device, dtype=torch.float64)
+            if bool((scales <= 0).any()) or float(scales.max()) > self.max_size_scale * (1 + 1e-6):
+                raise ValueError(f"size scales {scales.tolist()} must lie in (0, max_size_scale = "
+                                 f"{self.max_size_scale}]; build the engine with a larger max_size_scale")
+            q_body = q_body * scales.to(qf.dtype)[:, None, None, None]
         field = self.amplitude(q_body)                                 # (m, H, W)
+        if scales is not None:
+            if q is self.q:
+                if self._q_norm is None:
+                    self._q_norm = torch.linalg.vector_norm(self.q, dim=-1)
+                q_norm = self._q_norm
+            else:
+                q_norm = torch.linalg.vector_norm(q.to(torch.float64), dim=-1)
+            factor = self.size_factor(q_norm, scales)
+            field = field * factor.to(field.real.dtype)
         if positions_angstrom is not None:
             phase = 2 * math.pi * torch.einsum("hwi,mi->mhw", qf, positions_angstrom.to(qf.dtype))
             field = field * torch.polar(torch.ones_like(phase), phase).to(field.dtype)

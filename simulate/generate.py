@@ -63,6 +63,7 @@ from .geometry import Geometry
 from .preflight import check_memory, estimate_shard_bytes, validate_run_settings
 from .resume import (IDENTITY_ATTR, check_dataset_identity, identity_differences,
                      mismatch_message, shard_lock)
+from .sample_variety import SampleConfig
 from .shots import FluenceConfig, HitMix, NoiseConfig, ShotGenerator
 from .sources import StructureSpec
 
@@ -256,18 +257,23 @@ def _geometry_attrs(geometry: Geometry) -> dict:
 
 def dataset_identity(geometry: Geometry, *, n_frames: int, chunk: int, mix: HitMix,
                      noise: NoiseConfig, fluence: FluenceConfig, method: str,
-                     oversampling: float, seed: int) -> dict:
+                     oversampling: float, seed: int, sample: SampleConfig | None = None) -> dict:
     """Every setting that changes a dataset's frames, plus the code version and shard format.
 
     Stored in each shard (attribute ``dataset_identity``) and in the folder's manifest
     (:mod:`simulate.resume`). Not included: device, threads, progress, out_dir, sharding.
-    A new setting that changes the frames must be added here.
+    A new setting that changes the frames must be added here. ``sample`` (every field of
+    every given section, defaults filled in) is present only when given, so datasets
+    without it keep their identity.
     """
-    return {"n_frames": int(n_frames), "chunk": int(chunk), "seed": int(seed), "method": method,
-            "oversampling": float(oversampling), "hit_mix": dataclasses.asdict(mix),
-            "noise": dataclasses.asdict(noise), "fluence": dataclasses.asdict(fluence),
-            "geometry": geometry.as_dict(), "code_version": code_version(),
-            "shard_format": SHARD_FORMAT}
+    identity = {"n_frames": int(n_frames), "chunk": int(chunk), "seed": int(seed), "method": method,
+                "oversampling": float(oversampling), "hit_mix": dataclasses.asdict(mix),
+                "noise": dataclasses.asdict(noise), "fluence": dataclasses.asdict(fluence),
+                "geometry": geometry.as_dict(), "code_version": code_version(),
+                "shard_format": SHARD_FORMAT}
+    if sample is not None:
+        identity["sample"] = dataclasses.asdict(sample)
+    return identity
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -280,7 +286,8 @@ def _check_int(value, name: str, minimum: int) -> int:
 def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_dir,
                      n_frames: int, chunk: int = 64, mix: HitMix | dict | None = None,
                      noise: NoiseConfig | dict | None = None,
-                     fluence: FluenceConfig | dict | None = None, method: str = "fast",
+                     fluence: FluenceConfig | dict | None = None,
+                     sample: SampleConfig | dict | None = None, method: str = "fast",
                      oversampling: float | None = None, device="cpu", seed: int = 0,
                      shard_index: int = 0, num_shards: int = 1, config_yaml: str = "",
                      progress: bool = True, threads: int | None = None,
@@ -303,6 +310,9 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     mix, noise, fluence : HitMix, NoiseConfig, FluenceConfig or dict, optional
         Hit-class probabilities, detector noise and fluence spread (dicts are passed to the
         dataclass; default: the dataclass defaults).
+    sample : SampleConfig or dict, optional
+        Sample variety (``dataset.sample``: polydispersity, aggregate, non_sample; see
+        :mod:`simulate.sample_variety`). None (default): none, frames as without it.
     method : {"fast", "direct"}
         Engine method (:class:`~simulate.engine.PatternEngine`).
     oversampling : float, optional
@@ -361,6 +371,8 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     mix.probabilities()  # validates before any work
     noise = _as_config(noise, NoiseConfig, "noise")
     fluence = _as_config(fluence, FluenceConfig, "fluence")
+    if sample is not None and not isinstance(sample, SampleConfig):
+        sample = SampleConfig.from_dict(sample)
     validate_run_settings(geometry, method=method, device=device, noise=noise, fluence=fluence)
     n_pix = geometry.n_pixels
     check_memory(estimate_shard_bytes(geometry, n_frames, method="direct"),
@@ -376,7 +388,7 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
     out.mkdir(parents=True, exist_ok=True)
     identity = dataset_identity(geometry, n_frames=n_frames, chunk=chunk, mix=mix, noise=noise,
                                 fluence=fluence, method=method, oversampling=oversampling,
-                                seed=seed)
+                                seed=seed, sample=sample)
     check_dataset_identity(out, identity, overwrite=overwrite)
     mine = [s for i, s in enumerate(specs) if i % num_shards == shard_index]
     report = GenerationReport(out_dir=str(out), shard_index=shard_index, num_shards=num_shards)
@@ -385,7 +397,7 @@ def generate_dataset(specs: Sequence[StructureSpec], geometry: Geometry, *, out_
         logger.info("removed %d stale temporary file(s) in %s", len(report.removed_tmp), out)
 
     settings = dict(n_frames=n_frames, chunk=chunk, mix=mix, noise=noise, fluence=fluence,
-                    method=method, oversampling=oversampling, device=device, seed=seed,
+                    sample=sample, method=method, oversampling=oversampling, device=device, seed=seed,
                     config_yaml=config_yaml, progress=progress, deterministic=deterministic,
                     identity=identity, overwrite=overwrite, removed_tmp=report.removed_tmp)
     logger.info("job %d/%d: %d of %d structure(s) -> %s", shard_index + 1, num_shards,
@@ -438,7 +450,7 @@ def _stored_identity(path: Path):
 
 
 def _one_structure_locked(spec: StructureSpec, geometry: Geometry, path: Path, *, n_frames, chunk,
-                          mix, noise, fluence, method, oversampling, device, seed, config_yaml,
+                          mix, noise, fluence, sample, method, oversampling, device, seed, config_yaml,
                           progress, deterministic, identity, overwrite, removed_tmp) -> StructureOutcome:
     t0 = time.perf_counter()
     action, reason = _existing_shard(path, identity, overwrite)
@@ -453,15 +465,18 @@ def _one_structure_locked(spec: StructureSpec, geometry: Geometry, path: Path, *
     try:
         structure = spec.load()
         jitter = JITTER_COVERAGE_SIGMA * noise.beam_center_jitter_px
+        max_scale = sample.max_size_scale if sample is not None else 1.0
         check_memory(estimate_shard_bytes(geometry, n_frames, method=method,
-                                          radius_angstrom=structure.radius,
+                                          radius_angstrom=structure.radius * max_scale,
                                           oversampling=oversampling, max_beam_offset_px=jitter),
                      f"structure {spec.name} ({n_frames} frames, reciprocal grid)")
         with _torch_threads(1 if deterministic and method == "fast" else None):
             engine = PatternEngine(structure, geometry, method=method, device=device,
-                                   oversampling=oversampling, max_beam_offset_px=jitter)
+                                   oversampling=oversampling, max_beam_offset_px=jitter,
+                                   max_size_scale=max_scale)
         sseed = shot_seed(seed, spec.name)
-        generator = ShotGenerator(engine, noise=noise, fluence=fluence, mix=mix, seed=sseed)
+        generator = ShotGenerator(engine, noise=noise, fluence=fluence, mix=mix, seed=sseed,
+                                  sample=sample)
         frames, truth = _simulate(generator, spec.name, n_frames, chunk, progress)
         attrs = _geometry_attrs(geometry)
         attrs.update({
@@ -479,6 +494,7 @@ def _one_structure_locked(spec: StructureSpec, geometry: Geometry, path: Path, *
             "hit_mix": dataclasses.asdict(mix),
             "noise": dataclasses.asdict(noise),
             "fluence": dataclasses.asdict(fluence),
+            **({} if sample is None else {"sample": dataclasses.asdict(sample)}),
             "config_yaml": config_yaml,
             "code_version": code_version(),
             "hit_class_names": json.dumps(list(HIT_CLASSES)),

@@ -38,6 +38,12 @@ TRUTH_SPEC: dict[str, tuple[Any, tuple | None, str | None, str]] = {
                            "pulse fluence relative to the nominal photon count"),
     "beam_center_offset_px": (np.float32, (2,), "pixel",
                               "offset (y, x) of the beam centre from the detector centre"),
+    # only with dataset.sample (simulate.sample_variety):
+    "size_scale": (np.float32, (None,), "1",
+                   "linear size of each particle relative to the structure as built "
+                   "(polydispersity), NaN-padded beyond n_particles"),
+    "non_sample_kind": (str, None, None,
+                        "droplet, droplet+streak, debris or fragment for non-sample hits, else empty"),
 }
 
 

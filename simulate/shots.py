@@ -8,7 +8,12 @@ A shot is one of (see :data:`simulate.labels.HIT_CLASSES`):
   coherently with their position phases;
 * ``no_hit``: background only;
 * ``non_sample``: parasitic scattering unlike the sample (a large droplet, possibly
-  ellipsoidal, with an optional streak from a rod-like object).
+  ellipsoidal, with an optional streak from a rod-like object; :mod:`simulate.parasitic`).
+
+Sample variety (``dataset.sample``, :mod:`simulate.sample_variety`; off by default): per-particle
+size polydispersity, aggregates of unequal members with small gaps, and debris and capsid
+fragments among the non-sample hits. With it, the truth gains ``size_scale`` (per particle,
+NaN-padded) and ``non_sample_kind``.
 
 Noise, in order: fluence multiplier (shot-to-shot), optional beam-centre jitter, optional
 beam realism on the expected intensity (bandwidth, partial coherence), Poisson photon counting,
@@ -26,13 +31,18 @@ import torch
 
 from speckle_embed.realism import RealismConfig, apply_beam_realism, apply_detector_realism, get_preset
 
+from .aggregates import contact_positions
+from .continuum import WATER_DENSITY  # noqa: F401 - re-exported (was defined here)
 from .geometry import MASK_INVALID, detector_mask, intensity_scale, reciprocal_vectors
 from .labels import HIT_CLASSES
+from .parasitic import parasitic_intensity
 from .rotations import quaternion_to_matrix, random_quaternions
+from .sample_variety import SampleConfig
+
+__all__ = ["MAX_PARTICLES", "FluenceConfig", "NoiseConfig", "HitMix", "ShotBatch", "ShotGenerator",
+           "contact_positions"]
 
 MAX_PARTICLES = 4
-#: Electron density of water (electrons per cubic angstrom), for droplets.
-WATER_DENSITY = 0.334
 
 
 @dataclass
@@ -148,28 +158,6 @@ class ShotBatch:
     truth: dict = field(default_factory=dict)  # name -> (n, ...) arrays
 
 
-def contact_positions(n_particles: int, radius: float, rng: np.random.Generator,
-                      max_tries: int = 1000) -> np.ndarray:
-    """Centres of ``n`` touching spheres of radius ``radius`` (a ballistic-like aggregate).
-
-    Each new sphere touches a randomly chosen earlier one (centre distance ``2 radius``)
-    without overlapping any other, as in skopi's ``build_bpca``. The aggregate is
-    re-centred on its mean. Returns shape (n, 3) in the units of ``radius``.
-    """
-    centres = [np.zeros(3)]
-    while len(centres) < n_particles:
-        for _ in range(max_tries):
-            v = rng.normal(size=3)
-            cand = centres[rng.integers(len(centres))] + 2 * radius * v / np.linalg.norm(v)
-            if all(np.linalg.norm(cand - c) >= 2 * radius * (1 - 1e-9) for c in centres):
-                centres.append(cand)
-                break
-        else:  # pragma: no cover - a free contact site always exists for n <= 4
-            raise RuntimeError("could not place a touching particle")
-    pos = np.array(centres)
-    return pos - pos.mean(0)
-
-
 class ShotGenerator:
     """Makes noisy frames of one structure on one detector.
 
@@ -183,15 +171,26 @@ class ShotGenerator:
     seed : int
         Seeds both numpy (orientations, classes, positions) and torch (photon noise) so
         that the same seed gives the same frames.
+    sample : SampleConfig or dict, optional
+        Sample variety (:mod:`simulate.sample_variety`); None (default) leaves the frames as
+        without it and adds no truth key. With polydispersity the engine must have been built
+        with ``max_size_scale >= sample.max_size_scale``.
     """
 
     def __init__(self, engine, *, noise: NoiseConfig | None = None,
-                 fluence: FluenceConfig | None = None, mix: HitMix | None = None, seed: int = 0):
+                 fluence: FluenceConfig | None = None, mix: HitMix | None = None, seed: int = 0,
+                 sample: SampleConfig | dict | None = None):
         self.engine = engine
         self.geometry = engine.geometry
         self.noise = noise or NoiseConfig()
         self.fluence = fluence or FluenceConfig()
         self.mix = mix or HitMix()
+        self.sample = sample if sample is None or isinstance(sample, SampleConfig) else SampleConfig.from_dict(sample)
+        self._non_sample = (self.sample or SampleConfig()).non_sample_or_default
+        if self.sample is not None and self.sample.max_size_scale > getattr(engine, "max_size_scale", 1.0) + 1e-9:
+            raise ValueError(f"dataset.sample.polydispersity draws sizes up to {self.sample.max_size_scale:g} "
+                             f"but the engine covers {getattr(engine, 'max_size_scale', 1.0):g}: build it with "
+                             f"PatternEngine(..., max_size_scale={self.sample.max_size_scale:g})")
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator(device=engine.device).manual_seed(int(seed))
         self.mask = detector_mask(self.geometry)
@@ -218,18 +217,24 @@ class ShotGenerator:
                    if self.noise.beam_center_jitter_px > 0 else np.zeros((n, 2))).astype(np.float32)
         H = W = self.geometry.n_pixels
         frames = np.empty((n, H, W), dtype=np.float32)
+        sizes = np.full((n, MAX_PARTICLES), np.nan, dtype=np.float32)
+        kinds = np.full(n, "", dtype=object)
+        radius = self.engine.structure.radius
         for i in range(n):
             name = HIT_CLASSES[classes[i]]
             q, scale = self._detector(offsets[i])
             if name in ("single", "multi"):
                 m = 1 if name == "single" else int(rng.choice(self.mix.multi_counts))
                 qt = random_quaternions(m, rng)
-                pos = (contact_positions(m, self.engine.structure.radius, rng)
+                s = None if self.sample is None else self.sample.member_sizes(m, rng)
+                gap = (0.0, 0.0) if self.sample is None else self.sample.gap_rel
+                pos = (contact_positions(m, radius if s is None else radius * s, rng, gap_rel=gap)
                        if m > 1 else np.zeros((1, 3)))
                 n_part[i], quats[i, :m], positions[i, :m] = m, qt, pos * 1e-10
-                expected = self._particle_intensity(qt, pos, q, scale)
+                sizes[i, :m] = 1.0 if s is None else s
+                expected = self._particle_intensity(qt, pos, q, scale, s)
             elif name == "non_sample":
-                expected = self._parasitic_intensity(q, scale)
+                expected, kinds[i] = self._parasitic_intensity(q, scale)
             else:
                 expected = torch.zeros_like(scale)
             centre = ((H - 1) / 2 + float(offsets[i, 0]), (W - 1) / 2 + float(offsets[i, 1]))
@@ -244,6 +249,9 @@ class ShotGenerator:
             "fluence_multiplier": fluence,
             "beam_center_offset_px": offsets,
         }
+        if self.sample is not None:
+            truth["size_scale"] = sizes
+            truth["non_sample_kind"] = kinds
         return ShotBatch(frames=frames, truth=truth)
 
     # ------------------------------------------------------------------ pieces
@@ -255,39 +263,21 @@ class ShotGenerator:
         return (torch.as_tensor(reciprocal_vectors(self.geometry, offset_px), device=dev),
                 torch.as_tensor(intensity_scale(self.geometry, offset_px), device=dev))
 
-    def _particle_intensity(self, quats, positions_angstrom, q, scale) -> torch.Tensor:
+    def _particle_intensity(self, quats, positions_angstrom, q, scale, sizes=None) -> torch.Tensor:
         dev = self.engine.device
         rots = torch.as_tensor(quaternion_to_matrix(quats), device=dev)
         pos = torch.as_tensor(positions_angstrom, device=dev) if len(quats) > 1 else None
-        field = self.engine.shot_field(rots, pos, q=q)
+        if sizes is None:
+            field = self.engine.shot_field(rots, pos, q=q)
+        else:
+            field = self.engine.shot_field(rots, pos, q=q, scales=torch.as_tensor(sizes, device=dev))
         intensity = field.real ** 2 + field.imag ** 2
         return intensity * (self._scale32 if scale is self.engine.scale else scale.to(intensity.dtype))
 
-    def _parasitic_intensity(self, q, scale) -> torch.Tensor:
-        """A water droplet (ellipsoid, 1.5-4x the particle radius), sometimes with a streak."""
-        rng = self.rng
-        r0 = self.engine.structure.radius * rng.uniform(1.5, 4.0)
-        axes = r0 * rng.uniform(0.7, 1.3, 3)
-        rot = torch.as_tensor(quaternion_to_matrix(random_quaternions(1, rng))[0], device=q.device)
-        q = q.to(torch.float64)
-        qb = q @ rot                                                     # (H, W, 3)
-        x = 2 * math.pi * torch.linalg.vector_norm(qb * torch.as_tensor(axes, device=q.device), dim=-1)
-        x = x.clamp_min(1e-6)
-        electrons = WATER_DENSITY * 4 / 3 * math.pi * float(np.prod(axes))
-        amp = electrons * 3 * (torch.sin(x) - x * torch.cos(x)) / x ** 3
-        intensity = amp ** 2
-        if rng.random() < 0.5:  # streak: a thin rod of length L scatters along a line
-            u = torch.as_tensor(rng.normal(size=3), device=q.device)
-            u = u / torch.linalg.vector_norm(u)
-            length = r0 * rng.uniform(4, 10)
-            width = r0 * 0.1
-            q_along = q @ u
-            along = math.pi * q_along * length
-            perp = torch.linalg.vector_norm(q - q_along[..., None] * u, dim=-1)
-            rod_e = WATER_DENSITY * math.pi * width ** 2 * length
-            intensity = intensity + (rod_e * torch.sinc(along / math.pi)
-                                     * torch.exp(-(math.pi * perp * width) ** 2)) ** 2
-        return intensity * scale
+    def _parasitic_intensity(self, q, scale) -> tuple[torch.Tensor, str]:
+        """Photons (H, W) of one non-sample scatterer (:mod:`simulate.parasitic`) and its kind."""
+        intensity, kind = parasitic_intensity(q, self.engine.structure.radius, self._non_sample, self.rng)
+        return intensity * scale, kind
 
     def _add_noise(self, expected: torch.Tensor, centre=None) -> torch.Tensor:
         """Noisy frame (H, W) photons from the expected one; ``centre`` = beam centre (row, col) px."""

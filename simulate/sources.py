@@ -21,7 +21,8 @@ Source kinds (the ``kind`` key)
     relative to ``base_dir``.
 ``continuum``
     ``objects``: a list of ``{kind, name, params}`` with ``kind`` one of ``sphere``,
-    ``core_shell``, ``icosahedral_capsid`` and ``params`` the keyword arguments of the
+    ``core_shell``, ``icosahedral_capsid``, ``ellipsoidal_capsid``, ``spherocylinder_capsid``
+    (:data:`CONTINUUM_KINDS`) and ``params`` the keyword arguments of the
     function of that name in :mod:`simulate.continuum`. ``name`` defaults to
     ``continuum-<kind>-<hash of params>``.
 ``mixed``
@@ -64,7 +65,8 @@ __all__ = ["SOURCE_KINDS", "CONTINUUM_KINDS", "SourceConfigError", "StructureSpe
 
 SOURCE_KINDS = ("procedural", "pdb", "continuum", "mixed")
 """Values accepted for the ``kind`` key of a source config."""
-CONTINUUM_KINDS = ("sphere", "core_shell", "icosahedral_capsid")
+CONTINUUM_KINDS = ("sphere", "core_shell", "icosahedral_capsid", "ellipsoidal_capsid",
+                   "spherocylinder_capsid")
 """Continuum object kinds (functions of :mod:`simulate.continuum`)."""
 
 _COMMON_KEYS = {"kind", "name"}
