@@ -254,7 +254,8 @@ def test_finetune_row_scores_each_episode_with_a_copy_tuned_on_its_supports(doma
     emb = SpeckleEmbedder.random_init(seed=0, device="cpu")
     opts = {"budget_s": 60.0, "max_steps": 1, "lr": 1e-3}
     kw = dict(k_shots=[2], n_query=3, n_tasks=2, seed=0, baselines=False, progress=False)
-    res = domain_protocol(sets, [dom], {"net": emb}, adapt=["finetune"], finetune=opts, **kw)
+    res = domain_protocol(sets, [dom], {"net": emb}, adapt=["finetune"], finetune={**opts, "temperature": None},
+                          **kw)  # None: the default (as domains.finetune's nulls)
     row = res["domains"][0]
     assert res["methods"] == ["net", "net + finetune"] and row["kinds"]["net + finetune"] == "adapted"
     assert res["settings"]["finetune"] == {"budget_s": 60.0, "max_steps": 1, "lr": 1e-3, "temperature": 0.1}

@@ -426,8 +426,9 @@ def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapp
 
 def _finetune_options(options: Mapping | None, adapt: Sequence[str], embedders: Mapping[str, Any],
                       embed_kwargs: Mapping) -> dict:
-    """``FINETUNE_OPTIONS`` updated by ``options`` (validated; one-line errors naming the key)."""
-    options = dict(options or {})
+    """``FINETUNE_OPTIONS`` updated by ``options`` (None values keep the default; validated, one-line
+    errors naming the key)."""
+    options = {k: v for k, v in dict(options or {}).items() if v is not None}
     unknown = sorted(set(options) - set(FINETUNE_OPTIONS))
     if unknown:
         raise ValueError(f"domains.finetune: unknown key(s) {unknown}; allowed: {sorted(FINETUNE_OPTIONS)}")
@@ -550,7 +551,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
         have a ``model``, and ``embed_kwargs["scale"]`` must be unset).
     finetune : mapping, optional
         Overrides of :data:`FINETUNE_OPTIONS` (``budget_s``, ``max_steps``, ``lr``,
-        ``temperature``) for the ``finetune`` row.
+        ``temperature``; None keeps the default) for the ``finetune`` row.
     extra_methods : mapping name -> callable, optional
         ``make(sets, labels, file_index)`` -> ``predict(episode)``: any other method on the
         same episodes (labels are the single (1) / not single (0) / unused (-1) codes).
