@@ -97,3 +97,6 @@ def test_realism_and_augment_build_sections_with_the_one_helper():
     with pytest.raises(TypeError, match="realism.layout must be a mapping, null or LayoutConfig"):
         RealismConfig(layout=3)
     assert RealismConfig(layout=None).layout is None
+    for cls in (RealismConfig, AugmentConfig):
+        inst = cls()
+        assert cls.from_dict(inst) is inst and cls.from_dict(None) == inst

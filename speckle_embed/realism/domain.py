@@ -65,11 +65,7 @@ class RealismConfig:
     @classmethod
     def from_dict(cls, d: Mapping | "RealismConfig" | None) -> "RealismConfig":
         """From a (partial) mapping; missing sections take their defaults, ``null`` turns one off."""
-        if d is None:
-            return cls()
-        if isinstance(d, cls):
-            return d
-        return section_from_mapping(cls, d, "realism")
+        return cls() if d is None else section_from_mapping(cls, d, "realism")  # an instance is returned as is
 
     @classmethod
     def off(cls) -> "RealismConfig":

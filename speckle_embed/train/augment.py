@@ -204,11 +204,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | "AugmentConfig" | None) -> "AugmentConfig":
         """Build from a (possibly partial) nested mapping; unknown keys raise ``ValueError``."""
-        if d is None:
-            return cls()
-        if isinstance(d, cls):
-            return d
-        return section_from_mapping(cls, d, "augment")
+        return cls() if d is None else section_from_mapping(cls, d, "augment")  # an instance is returned as is
 
     @classmethod
     def disabled(cls) -> "AugmentConfig":
