@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from speckle_embed.formats import TMP_SUFFIX, parse_tmp_name, pid_alive
+from speckle_embed.atomic import remove_dead_temporaries
 
 __all__ = ["cleanup_partial"]
 
@@ -15,11 +14,13 @@ def cleanup_partial(directory, *, max_age_s: float = 24 * 3600.0, recursive: boo
                     min_age_s: float = 0.0) -> list[Path]:
     """Remove this package's stale temporaries left by interrupted writes (crash, ``kill -9``).
 
-    Only names of :func:`speckle_embed.formats.parse_tmp_name` (``<name>.<pid>-<hex>.tmp``)
-    are considered, so a user's ``notes.tmp`` is never touched. Such a file is removed when
-    its writer is gone: no process with its pid exists on this machine, or the file was not
-    modified for ``max_age_s`` (a writer on another host of a shared file system, or a
-    reused pid). A temporary of a live writer is kept.
+    The shards' policy for :func:`speckle_embed.atomic.remove_dead_temporaries` (the one scan):
+    a day's age bound, and a path that is not a directory refused. Only names of
+    :func:`speckle_embed.formats.parse_tmp_name` (``<name>.<pid>-<hex>.tmp``) are considered,
+    so a user's ``notes.tmp`` is never touched. Such a file is removed when its writer is gone:
+    no process with its pid exists on this machine, or the file was not modified for
+    ``max_age_s`` (a writer on another host of a shared file system, or a reused pid). A
+    temporary of a live writer is kept.
 
     Parameters
     ----------
@@ -47,22 +48,4 @@ def cleanup_partial(directory, *, max_age_s: float = 24 * 3600.0, recursive: boo
         return []
     if not d.is_dir():
         raise NotADirectoryError(f"cleanup_partial: {d} is not a directory")
-    now = time.time()
-    removed = []
-    for p in sorted(d.rglob(f"*{TMP_SUFFIX}") if recursive else d.glob(f"*{TMP_SUFFIX}")):
-        parsed = parse_tmp_name(p.name)
-        if parsed is None:
-            continue
-        try:
-            if not p.is_file() or p.is_symlink():
-                continue
-            age = now - p.stat().st_mtime
-            if age < min_age_s:
-                continue
-            if pid_alive(parsed.pid) and age < max_age_s:
-                continue
-            p.unlink()
-            removed.append(p)
-        except FileNotFoundError:  # removed concurrently
-            continue
-    return removed
+    return remove_dead_temporaries(d, recursive=recursive, max_age_s=max_age_s, min_age_s=min_age_s)

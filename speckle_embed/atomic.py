@@ -6,39 +6,81 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
-from speckle_embed.formats import parse_tmp_name, pid_alive, tmp_sibling
+from speckle_embed.formats import TMP_SUFFIX, parse_tmp_name, pid_alive, tmp_sibling
 
-__all__ = ["tmp_sibling", "replace_atomically", "write_bytes_atomically", "save_figure_atomically",
-           "build_directory_atomically", "read_format_json"]
+__all__ = ["tmp_sibling", "remove_dead_temporaries", "remove_stale_temporaries", "replace_atomically",
+           "write_bytes_atomically", "save_figure_atomically", "build_directory_atomically", "read_format_json"]
+
+
+def remove_dead_temporaries(directory, *, final_name: str | None = None, recursive: bool = False,
+                            max_age_s: float | None = None, min_age_s: float | None = None) -> list[Path]:
+    """Remove the temporaries in ``directory`` whose writer is gone: the one scan for them.
+
+    Only names that :func:`speckle_embed.formats.parse_tmp_name` recognises
+    (``<name>.<pid>-<hex>[.<tag>].tmp``) and that are plain files (not links) are considered, so a
+    user's ``notes.tmp`` is never touched. One is removed when no process with its ``pid`` runs on
+    this machine (a writer killed by ``kill -9`` or a power cut), or, with ``max_age_s``, when it
+    was not modified for that long (a writer on another host of a shared file system, or a reused
+    pid). A temporary of a live writer stays.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where to look. A missing directory, or one that is not a directory, has nothing to remove.
+    final_name : str, optional
+        Only the temporaries of this final file name (default: of any name).
+    recursive : bool, optional
+        Also look in sub-directories.
+    max_age_s : float, optional
+        Remove a temporary older than this many seconds even if its pid is alive (default: never).
+    min_age_s : float, optional
+        Never remove a temporary modified less than this many seconds ago (default: no bound).
+
+    Returns
+    -------
+    list of Path
+        The files removed, sorted.
+    """
+    d = Path(os.fspath(directory))
+    if not d.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for p in sorted(d.rglob(f"*{TMP_SUFFIX}") if recursive else d.glob(f"*{TMP_SUFFIX}")):
+        parsed = parse_tmp_name(p.name)
+        if parsed is None or (final_name is not None and parsed.final != final_name):
+            continue
+        try:
+            if not p.is_file() or p.is_symlink():
+                continue
+            age = now - p.stat().st_mtime if (max_age_s is not None or min_age_s is not None) else None
+            if min_age_s is not None and age < min_age_s:
+                continue
+            if pid_alive(parsed.pid) and (max_age_s is None or age < max_age_s):
+                continue
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:  # removed concurrently
+            continue
+    return removed
 
 
 def remove_stale_temporaries(final) -> list[Path]:
     """Remove the temporaries of ``final`` (:func:`tmp_sibling` names) whose writer is gone.
 
-    Only names that :func:`speckle_embed.formats.parse_tmp_name` recognises as temporaries of
-    ``final`` are touched, and only when no process ``pid`` runs on this machine (a writer killed
-    by ``kill -9`` or a power cut). Other ``.tmp`` files, and temporaries of live writers, stay.
+    :func:`remove_dead_temporaries` of ``final``'s folder, for ``final``'s name only: other
+    ``.tmp`` files, and temporaries of live writers, stay.
 
     Returns
     -------
     list of Path
-        The files removed.
+        The files removed, sorted.
     """
     final = Path(final)
-    removed = []
-    if not final.parent.is_dir():
-        return removed
-    for p in final.parent.iterdir():
-        t = parse_tmp_name(p.name)
-        if t is not None and t.final == final.name and p.is_file() and not pid_alive(t.pid):
-            try:
-                p.unlink()
-                removed.append(p)
-            except FileNotFoundError:
-                pass
-    return removed
+    return remove_dead_temporaries(final.parent, final_name=final.name)
 
 
 def replace_atomically(write, final) -> Path:

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from speckle_embed.adaptation import finetune_on_supports, prototype_distances, reestimate_batchnorm, refine_prototypes
 from speckle_embed.embedder import SpeckleEmbedder
 from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions
 from speckle_embed.evaluation.domains import (
@@ -27,6 +28,8 @@ from speckle_embed.evaluation.domains import (
 )
 from speckle_embed.evaluation.episodes import Episode
 from speckle_embed.evaluation.labelled import LabelledSet
+from speckle_embed.fewshot.index import SupportIndex
+from speckle_embed.fewshot.rules import get_rule
 
 PHOTON = "photon count (no learning)"
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +244,93 @@ def test_evaluate_command_skips_a_missing_domain_when_asked(domain_root, tmp_pat
                      f"domains.sets=[{{name:gone,dirs:[{tmp_path / 'gone'}]}},{{name:tst,dirs:[{domain_root / 'tst'}]}}]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Skipped: domain 'gone'" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_finetune_row_scores_each_episode_with_a_copy_tuned_on_its_supports(domain_root):
+    """domains.adapt=finetune: per episode, finetune_on_supports on the supports then the rule, on the
+    same episodes as the frozen row (checked against the same steps done by hand)."""
+    dom = _domains(domain_root)[0]
+    sets = {dom.name: load_domain(dom)}
+    emb = SpeckleEmbedder.random_init(seed=0, device="cpu")
+    opts = {"budget_s": 60.0, "max_steps": 1, "lr": 1e-3}
+    kw = dict(k_shots=[2], n_query=3, n_tasks=2, seed=0, baselines=False, progress=False)
+    res = domain_protocol(sets, [dom], {"net": emb}, adapt=["finetune"], finetune={**opts, "temperature": None},
+                          **kw)  # None: the default (as domains.finetune's nulls)
+    row = res["domains"][0]
+    assert res["methods"] == ["net", "net + finetune"] and row["kinds"]["net + finetune"] == "adapted"
+    assert res["settings"]["finetune"] == {"budget_s": 60.0, "max_steps": 1, "lr": 1e-3, "temperature": 0.1}
+    assert row["finetune"]["net + finetune"]["fine_tunings"] == 2
+    assert row["finetune"]["net + finetune"]["steps_mean"] == 1  # max_steps reached it (default 200)
+    m, eps = row["by_k"]["2"]["methods"], row["by_k"]["2"]["_episodes"]
+    assert m["net + finetune"]["n_tasks"] == m["net"]["n_tasks"] == 2
+    assert m["net + finetune"]["n_queries"] == m["net"]["n_queries"] == 2 * 2 * 3
+    s = sets[dom.name][0]
+    for ep, acc in zip(eps, m["net + finetune"]["_episode_accuracy"]):
+        tuned, _ = finetune_on_supports(emb, s.frames[ep.support_idx], ep.support_labels, s.mask, seed=0, **opts)
+        index = SupportIndex(128, use_gpu=False)
+        index.add(tuned.embed(s.frames[ep.support_idx], s.mask), ep.support_labels)
+        pred = get_rule("mean_distance")(index, tuned.embed(s.frames[ep.query_idx], s.mask), n_classes=2).argmin(1)
+        assert acc == pytest.approx(np.mean(pred == ep.query_labels))
+    frozen = domain_protocol(sets, [dom], {"net": emb}, **kw)["domains"][0]["by_k"]["2"]["methods"]["net"]
+    np.testing.assert_array_equal(frozen["_episode_accuracy"], m["net"]["_episode_accuracy"])
+
+
+def test_batchnorm_plus_prototypes_row_refines_prototypes_on_the_batchnorm_embedding(domain_root):
+    dom = _domains(domain_root)[1]  # two files: statistics and prototypes per file
+    sets = {dom.name: load_domain(dom)}
+    emb = SpeckleEmbedder.random_init(seed=0, device="cpu")
+
+    def by_hand(sets_, labels, file_index):
+        z = np.concatenate([reestimate_batchnorm(emb, s.frames[labels[file_index == i] >= 0], s.mask, seed=0)
+                            .embed(s.frames, s.mask) for i, s in enumerate(sets_)])
+
+        def predict(ep):
+            pool = np.setdiff1d(np.flatnonzero((file_index == ep.structure) & (labels >= 0)), ep.support_idx)
+            protos = refine_prototypes(z[ep.support_idx], ep.support_labels, z[pool], 2)
+            return prototype_distances(z[ep.query_idx], protos).argmin(1)
+        return predict
+
+    res = domain_protocol(sets, [dom], {"net": emb}, adapt=["batchnorm", "batchnorm+prototypes"],
+                          extra_methods={"by hand": by_hand}, k_shots=[2], n_query=3, n_tasks=4, baselines=False,
+                          progress=False)
+    assert res["methods"] == ["net", "net + batchnorm", "net + batchnorm + prototypes", "by hand"]
+    m = res["domains"][0]["by_k"]["2"]["methods"]
+    np.testing.assert_array_equal(m["net + batchnorm + prototypes"]["_episode_accuracy"],
+                                  m["by hand"]["_episode_accuracy"])
+    assert "finetune" not in res["settings"] and "finetune" not in res["domains"][0]
+
+
+def test_finetune_options_are_checked_with_one_line_errors(domain_root):
+    dom = _domains(domain_root)[0]
+    sets = {dom.name: load_domain(dom)}
+    emb = SpeckleEmbedder.random_init(seed=0, device="cpu")
+    kw = dict(k_shots=[2], n_query=3, n_tasks=2, baselines=False, progress=False)
+    for embedders, extra, msg in [
+            ({"net": emb}, {"finetune": {"budget": 3}}, r"domains.finetune: unknown key\(s\) \['budget'\]; allowed"),
+            ({"net": emb}, {"finetune": {"budget_s": 0}}, "budget_s > 0"),
+            ({"net": emb}, {"embed_kwargs": {"scale": 1.5}}, "domains.embed.scale=null"),
+            ({"tiny": TinyEmbedder()}, {}, r"network to train.*\['tiny'\]")]:
+        with pytest.raises(ValueError, match=msg):
+            domain_protocol(sets, [dom], embedders, adapt=["finetune"], **kw, **extra)
+    with pytest.raises(ValueError, match="choose from"):
+        domain_protocol(sets, [dom], {"net": emb}, adapt=["finetune_all"], **kw)
+
+
+def test_evaluate_app_passes_the_finetune_options_to_the_protocol(domain_root, monkeypatch, tmp_path):
+    import speckle_embed.evaluation.app as app
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(app, "domain_protocol", spy)
+    cfg = {"sets": [{"name": "val", "dirs": [str(domain_root / "val")]}], "adapt": ["finetune"],
+           "finetune": {"budget_s": 5.0}, "rule": "mean_distance", "checkpoint": "x.pt"}
+    with pytest.raises(Stop):
+        app._domains(cfg, TinyEmbedder(), None, {}, tmp_path, 0, False, None, "cpu", False)
+    assert seen["adapt"] == ["finetune"] and seen["finetune"] == {"budget_s": 5.0}

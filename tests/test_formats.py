@@ -65,7 +65,7 @@ def test_simulate_imports_only_core_modules():
     assert found <= allowed, found - allowed
 
 
-@pytest.mark.parametrize("module", ["paths", "provenance"])
+@pytest.mark.parametrize("module", ["paths", "provenance", "config_sections"])
 def test_helper_core_modules_import_nothing_from_the_package(module):
     code = (f"import sys, speckle_embed.{module}; "
             "print(sorted(m for m in sys.modules if m.startswith('speckle_embed')))")

@@ -374,3 +374,29 @@ def test_head_configs(name, kind, threshold):
         assert isinstance(model, Shi2019CNN) and size == (64, 64)
     with pytest.raises(ValueError, match="unknown keys"):
         head_from_config({**cfg, "learning_rate": 1})
+
+
+def test_fit_prelude_is_one_helper_for_both_heads(monkeypatch):
+    """SupervisedHead.fit and EnsembleHead.fit take device, patch geometry and patches from one helper
+    (_fit_geometry), called once per fit; it leaves the global random state as it was."""
+    X, y = rings_and_stripes(6, seed=20)
+    params = dict(FAST, model=TINY, n_iterations=2, iterations_per_epoch=2)
+    head = SupervisedHead(**params)
+    state = torch.random.get_rng_state()
+    prep, size, inputs = head._fit_geometry(X, None, 2)
+    assert torch.equal(torch.random.get_rng_state(), state) and head.device_ == torch.device("cpu")
+    assert size == (32, 16) and inputs.shape == (len(X), 1, 32, 16)
+    calls = []
+    original = SupervisedHead._fit_geometry
+
+    def spy(self, frames, mask, n_classes):
+        calls.append(n_classes)
+        return original(self, frames, mask, n_classes)
+
+    monkeypatch.setattr(SupervisedHead, "_fit_geometry", spy)
+    fitted = SupervisedHead(**params).fit(X, y)
+    assert calls == [2] and fitted.preprocessing_ == prep and fitted.input_size_ == size
+    torch.testing.assert_close(fitted.transform(X), inputs)
+    ens = EnsembleHead(n_folds=2, head=params).fit(X, y)
+    assert calls == [2, 2] and len(ens.members_) == 2
+    torch.testing.assert_close(ens.transform(X), inputs)

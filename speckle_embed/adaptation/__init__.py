@@ -2,7 +2,9 @@
 
 Options (``FewShotClassifier(adapt=...)``, details in :mod:`speckle_embed.adaptation.state`):
 ``"batchnorm"`` (:mod:`.batchnorm`), ``"finetune"`` (:mod:`.finetune`), ``"prototypes"``
-(:mod:`.prototypes`). Measured on held-out data by ``scripts/evaluate_adaptation.py``.
+(:mod:`.prototypes`). Measured on held-out data by the leave-one-domain-out protocol
+(``domains.adapt``, :mod:`speckle_embed.evaluation.domains`; ``scripts/evaluate_adaptation.py`` runs
+it on any labelled files).
 """
 from speckle_embed.adaptation.batchnorm import reestimate_batchnorm
 from speckle_embed.adaptation.finetune import finetune_on_supports

@@ -285,8 +285,8 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
     res = domain_protocol(
         sets, kept, embedders, k_shots=cfg.get("k_shots") or [1, 5], n_query=int(cfg.get("n_query", 50)),
         n_tasks=int(cfg.get("n_tasks", 100)), seed=seed, rule=cfg["rule"], classes=cfg.get("classes") or [1, 2, 3],
-        baselines=bool(cfg.get("baselines", True)), adapt=cfg.get("adapt") or (), reference=ref,
-        reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress)
+        baselines=bool(cfg.get("baselines", True)), adapt=cfg.get("adapt") or (), finetune=cfg.get("finetune"),
+        reference=ref, reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress)
     info = {m: {"checkpoint": specs[m], "checkpoint_hash": getattr(e, "checkpoint_hash", None)}
             for m, e in embedders.items()}
     add_domain_section(report, res, out, embeddings=info, skipped=skipped)

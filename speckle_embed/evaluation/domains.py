@@ -14,7 +14,8 @@ For every domain and K the same seeded episodes (:func:`~speckle_embed.evaluatio
 2-way ``single`` vs ``not single``, ``k_shot`` supports per class, label-balanced queries, supports
 and queries from one file of the domain) are scored by every embedding given (frozen, the
 few-shot rule over its embeddings), optionally by classification-time adaptations of it
-(``prototypes``, ``batchnorm``), by the classical baselines (:mod:`speckle_embed.baselines`) and
+(``prototypes``, ``batchnorm``, ``batchnorm+prototypes``, ``finetune``: :data:`ADAPTATIONS`), by
+the classical baselines (:mod:`speckle_embed.baselines`) and
 by any extra method, so the rows of a table are paired. An **in-domain reference** set (the
 same protocol on a non-realistic, training-like set) gives the **gap** = reference minus domain.
 
@@ -47,10 +48,13 @@ from typing import Any
 import numpy as np
 
 from speckle_embed.adaptation import (
+    finetune_on_supports,
     prototype_distances,
     reestimate_batchnorm,
     refine_prototypes,
 )
+from speckle_embed.adaptation import ADAPTATIONS as CLASSIFIER_ADAPTATIONS
+from speckle_embed.adaptation.inputs import resolve_geometry
 from speckle_embed.data import DatasetError
 from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions
 from speckle_embed.fewshot.episodes import (
@@ -68,6 +72,7 @@ from speckle_embed.fewshot.index import SupportIndex
 
 __all__ = [
     "ADAPTATIONS",
+    "FINETUNE_OPTIONS",
     "HELD_OUT_KEYS",
     "ROLES",
     "VALIDATION_MARK",
@@ -91,8 +96,15 @@ __all__ = [
 ROLES = ("validation", "test")
 #: What a domain records as held out from training (free-text lists).
 HELD_OUT_KEYS = ("preset", "family", "artefacts")
-#: Classification-time adaptations that can be added as rows (``domains.adapt``).
-ADAPTATIONS = ("prototypes", "batchnorm")
+#: Classification-time adaptations that can be added as rows (``domains.adapt``): label-free
+#: ``prototypes`` (refined over the file's other frames), ``batchnorm`` (statistics re-estimated on
+#: the file's frames), both (``batchnorm+prototypes``), and ``finetune`` (a copy of the embedding
+#: fine-tuned on each episode's supports, :func:`~speckle_embed.adaptation.finetune_on_supports`).
+ADAPTATIONS = ("prototypes", "batchnorm", "batchnorm+prototypes", "finetune")
+#: Options of the ``finetune`` row (``domains.finetune``) and their defaults: those of
+#: ``FewShotClassifier(adapt="finetune")`` (:data:`speckle_embed.adaptation.ADAPTATIONS`); the seed
+#: is the protocol's.
+FINETUNE_OPTIONS = {k: v for k, v in CLASSIFIER_ADAPTATIONS["finetune"].items() if k != "seed"}
 #: How a validation-role row is marked in every table.
 VALIDATION_MARK = "validation: chose the checkpoint - not a result"
 #: Episode label of the positive class (``single``) and of everything else.
@@ -377,6 +389,65 @@ def _prototype_predict(z: np.ndarray, labels: np.ndarray, file_index: np.ndarray
     return predict
 
 
+def _batchnorm_embeddings(emb, sets: Sequence[LabelledSet], labels: np.ndarray, file_index: np.ndarray, seed: int,
+                          embed_kwargs: Mapping) -> np.ndarray:
+    """Embeddings of every file by a copy of ``emb`` with BatchNorm statistics re-estimated on that
+    file's frames of the used classes (label-free)."""
+    return np.concatenate([np.asarray(reestimate_batchnorm(emb, s.frames[labels[file_index == i] >= 0], s.mask,
+                                                           seed=seed).embed(s.frames, s.mask, **embed_kwargs))
+                           for i, s in enumerate(sets)])
+
+
+def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapping, options: Mapping, seed: int,
+                      log: list) -> Callable[[Episode], np.ndarray]:
+    """Per episode: a copy of ``emb`` fine-tuned on the episode's supports within the budget
+    (:func:`~speckle_embed.adaptation.finetune_on_supports`), then the rule on its embeddings of the
+    supports and queries. The beam centre is resolved once per file (``embed_kwargs["center"]``,
+    ``"auto"`` on the whole file); each fine-tuning's log (steps, seconds) is appended to ``log``."""
+    fn = get_rule(rule)
+    offsets = np.cumsum([0] + [len(s) for s in sets])
+    centers: dict[int, Any] = {}
+
+    def predict(ep: Episode) -> np.ndarray:
+        s, lo = sets[ep.structure], offsets[ep.structure]
+        if ep.structure not in centers:
+            centers[ep.structure] = resolve_geometry(emb, s.frames, s.mask, embed_kwargs.get("center"), None)[0]
+        kw = {**embed_kwargs, "center": centers[ep.structure]}
+        support, query = s.frames[ep.support_idx - lo], s.frames[ep.query_idx - lo]
+        tuned, info = finetune_on_supports(emb, support, ep.support_labels, s.mask, center=kw["center"], seed=seed,
+                                           **options)
+        log.append(info)
+        zs, zq = (np.ascontiguousarray(tuned.embed(x, s.mask, **kw), dtype=np.float32) for x in (support, query))
+        index = SupportIndex(zs.shape[1], use_gpu=False)
+        index.add(zs, ep.support_labels)
+        return fn(index, zq, n_classes=ep.n_way).argmin(axis=1)
+    return predict
+
+
+def _finetune_options(options: Mapping | None, adapt: Sequence[str], embedders: Mapping[str, Any],
+                      embed_kwargs: Mapping) -> dict:
+    """``FINETUNE_OPTIONS`` updated by ``options`` (None values keep the default; validated, one-line
+    errors naming the key)."""
+    options = {k: v for k, v in dict(options or {}).items() if v is not None}
+    unknown = sorted(set(options) - set(FINETUNE_OPTIONS))
+    if unknown:
+        raise ValueError(f"domains.finetune: unknown key(s) {unknown}; allowed: {sorted(FINETUNE_OPTIONS)}")
+    out = {**FINETUNE_OPTIONS, **options}
+    if "finetune" not in adapt:
+        return out
+    if not float(out["budget_s"]) > 0 or int(out["max_steps"]) < 1:
+        raise ValueError(f"domains.finetune needs budget_s > 0 and max_steps >= 1; got budget_s={out['budget_s']}, "
+                         f"max_steps={out['max_steps']}")
+    if embed_kwargs.get("scale") is not None:
+        raise ValueError("domains.adapt=finetune trains at the embedder's training pixel scale; "
+                         "set domains.embed.scale=null")
+    bad = [label for label, e in embedders.items() if not hasattr(e, "model")]
+    if bad:
+        raise ValueError(f"domains.adapt=finetune needs embedders with a network to train (SpeckleEmbedder); "
+                         f"{bad} have none")
+    return out
+
+
 def _embed(emb, sets: Sequence[LabelledSet], embed_kwargs: Mapping) -> np.ndarray:
     return np.concatenate([np.asarray(emb.embed(s.frames, s.mask, **embed_kwargs)) for s in sets])
 
@@ -387,25 +458,33 @@ def _progress(on: bool, text: str) -> None:
 
 
 def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, embedders: Mapping[str, Any], *,
-                     k_shots, n_query, n_tasks, seed, rule, classes, baselines, adapt, extra_methods,
+                     k_shots, n_query, n_tasks, seed, rule, classes, baselines, adapt, finetune, extra_methods,
                      embed_kwargs, level, progress) -> dict:
     labels, file_index = binary_labels(sets, classes)
     methods: dict[str, Callable] = {}
     kinds: dict[str, str] = {}
+    finetune_logs: dict[str, list] = {}
     for label, emb in embedders.items():
         _progress(progress, f"{domain.name}: embedding {sum(len(s) for s in sets)} frames with {label}")
         z = _embed(emb, sets, embed_kwargs)
         methods[label], kinds[label] = _rule_predict(z, rule), "embedding"
+        zb = None
         for a in adapt:
+            row = f"{label} + {a.replace('+', ' + ')}"
+            if a in ("batchnorm", "batchnorm+prototypes") and zb is None:
+                zb = _batchnorm_embeddings(emb, sets, labels, file_index, seed, embed_kwargs)
             if a == "prototypes":
-                methods[f"{label} + prototypes"] = _prototype_predict(z, labels, file_index)
+                methods[row] = _prototype_predict(z, labels, file_index)
             elif a == "batchnorm":
-                zb = np.concatenate([np.asarray(reestimate_batchnorm(emb, s.frames[labels[file_index == i] >= 0],
-                                                                     s.mask, seed=seed)
-                                                .embed(s.frames, s.mask, **embed_kwargs))
-                                     for i, s in enumerate(sets)])
-                methods[f"{label} + batchnorm"] = _rule_predict(zb, rule)
-            kinds[f"{label} + {a}"] = "adapted"
+                methods[row] = _rule_predict(zb, rule)
+            elif a == "batchnorm+prototypes":
+                methods[row] = _prototype_predict(zb, labels, file_index)
+            else:  # finetune
+                _progress(progress, f"{domain.name}: {row}: fine-tuning on every episode's supports "
+                                    f"(up to {finetune['budget_s']} s each)")
+                finetune_logs[row] = []
+                methods[row] = _finetune_predict(emb, sets, rule, embed_kwargs, finetune, seed, finetune_logs[row])
+            kinds[row] = "adapted"
     if baselines:
         feats = baseline_features(sets, baselines=baselines if isinstance(baselines, Mapping) else None)
         for name, (est, f) in feats.items():
@@ -422,16 +501,21 @@ def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, em
     for s in sets:
         for c, n in s.class_counts().items():
             counts[str(c)] = counts.get(str(c), 0) + n
-    return {"name": domain.name, "role": domain.role, "role_label": domain.role_label,
-            "held_out": domain.held_out, "preset_seen": domain.preset_seen, "note": domain.note,
-            "dirs": list(domain.dirs), "files": [s.path for s in sets], "n_frames": int(labels.size),
-            "class_counts": counts, "kinds": kinds, "by_k": by_k}
+    row = {"name": domain.name, "role": domain.role, "role_label": domain.role_label,
+           "held_out": domain.held_out, "preset_seen": domain.preset_seen, "note": domain.note,
+           "dirs": list(domain.dirs), "files": [s.path for s in sets], "n_frames": int(labels.size),
+           "class_counts": counts, "kinds": kinds, "by_k": by_k}
+    if finetune_logs:
+        row["finetune"] = {m: {"fine_tunings": len(g), "steps_mean": float(np.mean([x["steps"] for x in g])),
+                               "seconds_mean": float(np.mean([x["seconds"] for x in g]))}
+                           for m, g in finetune_logs.items() if g}
+    return row
 
 
 def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence[Domain],
                     embedders: Mapping[str, Any], *, k_shots: Sequence[int] = (1, 5), n_query: int = 50,
                     n_tasks: int = 100, seed: int = 0, rule="mean_distance", classes: Sequence[int] = (1, 2, 3),
-                    baselines: bool | Mapping = True, adapt: Sequence[str] = (),
+                    baselines: bool | Mapping = True, adapt: Sequence[str] = (), finetune: Mapping | None = None,
                     extra_methods: Mapping[str, Callable] | None = None, reference: Domain | None = None,
                     reference_sets: Sequence[LabelledSet] | None = None, embed_kwargs: Mapping | None = None,
                     level: float = 0.95, progress: bool = True) -> dict:
@@ -461,7 +545,13 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     baselines : bool or mapping name -> estimator class
         The classical baselines (default :data:`speckle_embed.baselines.BASELINES`); False: none.
     adapt : sequence of str
-        Extra rows per embedding from :data:`ADAPTATIONS` (label-free, use the file's frames).
+        Extra rows per embedding from :data:`ADAPTATIONS`, in the order given: label-free ones use
+        the file's frames; ``finetune`` fine-tunes a copy of the embedding on every episode's
+        supports (each episode costs up to ``finetune["budget_s"]`` seconds; the embedder must
+        have a ``model``, and ``embed_kwargs["scale"]`` must be unset).
+    finetune : mapping, optional
+        Overrides of :data:`FINETUNE_OPTIONS` (``budget_s``, ``max_steps``, ``lr``,
+        ``temperature``; None keeps the default) for the ``finetune`` row.
     extra_methods : mapping name -> callable, optional
         ``make(sets, labels, file_index)`` -> ``predict(episode)``: any other method on the
         same episodes (labels are the single (1) / not single (0) / unused (-1) codes).
@@ -478,12 +568,14 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     dict
         ``{"settings": {...}, "methods": [names], "kinds": {name: kind}, "domains": [per domain: name,
         role, role_label, held_out, preset_seen, note, files, class_counts, by_k -> {K: {methods ->
-        scores (:func:`score_methods`), gap -> {method: {"accuracy", "f1"}}}}], "reference": ... or None}``.
+        scores (:func:`score_methods`), gap -> {method: {"accuracy", "f1"}}}}, and with ``finetune``
+        finetune -> {method: {"fine_tunings", "steps_mean", "seconds_mean"}}], "reference": ... or None}``.
     """
     adapt = tuple(adapt or ())
     bad = [a for a in adapt if a not in ADAPTATIONS]
     if bad:
         raise ValueError(f"domains.adapt: unknown {bad}; choose from {ADAPTATIONS}")
+    finetune = _finetune_options(finetune, adapt, embedders, embed_kwargs or {})
     if not embedders and not baselines and not extra_methods:
         raise ValueError("nothing to score: give an embedder, baselines or an extra method")
     missing = [d.name for d in domains if d.name not in sets]
@@ -491,7 +583,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
         raise ValueError(f"no sets given for domains {missing}")
     kw = {"k_shots": [int(k) for k in k_shots], "n_query": int(n_query), "n_tasks": int(n_tasks),
           "seed": int(seed), "rule": rule, "classes": tuple(classes), "baselines": baselines, "adapt": adapt,
-          "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
+          "finetune": finetune, "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
           "progress": progress}
     rows = [_evaluate_domain(d, sets[d.name], i, embedders, **kw) for i, d in enumerate(domains)]
     ref = None
@@ -508,6 +600,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     return {"settings": {"k_shots": kw["k_shots"], "n_query": kw["n_query"], "n_tasks": kw["n_tasks"],
                          "seed": kw["seed"], "rule": rule if isinstance(rule, str) else getattr(rule, "__name__", "custom"),
                          "classes": list(classes), "adapt": list(adapt), "level": level,
+                         **({"finetune": finetune} if "finetune" in adapt else {}),
                          "interval": "percentile bootstrap over episodes (scipy.stats.bootstrap, 2000 resamples)"},
             "methods": names, "kinds": rows[0]["kinds"] if rows else {}, "domains": rows, "reference": ref}
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speckle_embed.device import resolve_device
 from speckle_embed.estimator import FrameClassifier, as_labels, check_frames
 from speckle_embed.heads.io import ENSEMBLE_JSON, HEAD_FORMAT, HeadFileError, plain, read_json, save_directory, write_json
 from speckle_embed.heads.sampling import stratified_folds
@@ -118,12 +117,7 @@ class EnsembleHead(FrameClassifier):
         if counts.min() < int(self.n_folds):
             warnings.warn(f"class {classes[counts.argmin()]!r} has {counts.min()} frames, fewer than "
                           f"n_folds={self.n_folds}: some validation folds lack it", stacklevel=2)
-        device = resolve_device(proto.device)
-        proto.device_ = device
-        with torch.random.fork_rng(devices=[]):
-            probe = proto._build_model(len(classes))
-        prep, size = proto._patch_geometry(probe, proto.preprocessing)
-        inputs = proto._transform(frames, mask, prep, size, device)
+        prep, size, inputs = proto._fit_geometry(frames, mask, len(classes))
         # stratified on the original labels: finer than the binary mapping
         folds = stratified_folds(raw, int(self.n_folds), int(self.seed))
         members, oof = [], np.zeros((codes.size, len(classes)))

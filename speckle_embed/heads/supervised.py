@@ -421,13 +421,7 @@ class SupervisedHead(FrameClassifier):
         classes, codes, kind = self._fit_labels(y, frames.shape[0])
         self._check_classes(classes, codes)
         self._resolve_sampling(len(classes))  # fail fast on recipe / weights errors
-        device = resolve_device(self.device)
-        self.device_ = device
-        # geometry from a throwaway model (built again, seeded, in _fit_inputs)
-        with torch.random.fork_rng(devices=[]):
-            probe = self._build_model(len(classes))
-        prep, size = self._patch_geometry(probe, self.preprocessing)
-        inputs = self._transform(frames, mask, prep, size, device)
+        prep, size, inputs = self._fit_geometry(frames, mask, len(classes))
         val_inputs = val_codes = None
         if val is not None:
             if not (isinstance(val, (tuple, list)) and len(val) == 2):
@@ -435,8 +429,27 @@ class SupervisedHead(FrameClassifier):
             vframes = check_frames(val[0])
             vlabels, vkind = as_labels(val[1], vframes.shape[0], "val labels")
             val_codes = self._encode_with(vlabels, vkind, classes, "val labels")
-            val_inputs = self._transform(vframes, mask, prep, size, device, "val frames")
+            val_inputs = self._transform(vframes, mask, prep, size, self.device_, "val frames")
         return self._fit_inputs(inputs, codes, classes, kind, prep, size, val_inputs, val_codes)
+
+    def _fit_geometry(self, frames, mask, n_classes: int) -> tuple[Preprocessing, tuple[int, int], torch.Tensor]:
+        """The prelude of every ``fit``: resolve the device (``device_``), take the patch geometry from a
+        throwaway model with ``n_classes`` outputs (built again, seeded, in :meth:`_fit_inputs`; the
+        global random state is left as it was) and preprocess ``frames`` into those patches.
+
+        Returns
+        -------
+        prep : Preprocessing
+            The preprocessing the network sees.
+        size : (int, int)
+            Patch height and width in pixels.
+        inputs : Tensor, shape (N, 1, h, w), float32, on the CPU
+        """
+        self.device_ = resolve_device(self.device)
+        with torch.random.fork_rng(devices=[]):
+            probe = self._build_model(n_classes)
+        prep, size = self._patch_geometry(probe, self.preprocessing)
+        return prep, size, self._transform(frames, mask, prep, size, self.device_)
 
     def _check_classes(self, classes: np.ndarray, codes: np.ndarray) -> None:
         present = np.unique(codes)

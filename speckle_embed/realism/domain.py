@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import torch
 
+from speckle_embed.config_sections import section_from_mapping
+
 from .background import BackgroundConfig, add_background
 from .beam import BeamConfig, apply_beam
 from .detector_response import DetectorResponseConfig, detector_round_trip
@@ -32,18 +34,6 @@ __all__ = ["RealismConfig", "apply_detector_realism", "apply_beam_realism"]
 
 _SECTIONS = {"background": BackgroundConfig, "detector": DetectorResponseConfig, "layout": LayoutConfig,
              "beam": BeamConfig}
-
-
-def _build(cls, value, where: str):
-    if value is None or isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{where} must be a mapping, null or {cls.__name__}; got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
-    return cls(**dict(value))
 
 
 @dataclass
@@ -70,16 +60,12 @@ class RealismConfig:
         if not 0.0 <= float(self.p) <= 1.0:
             raise ValueError(f"realism.p must be in [0, 1], got {self.p}")
         for name, cls in _SECTIONS.items():
-            setattr(self, name, _build(cls, getattr(self, name), f"realism.{name}"))
+            setattr(self, name, section_from_mapping(cls, getattr(self, name), f"realism.{name}", nullable=True))
 
     @classmethod
     def from_dict(cls, d: Mapping | "RealismConfig" | None) -> "RealismConfig":
         """From a (partial) mapping; missing sections take their defaults, ``null`` turns one off."""
-        if d is None:
-            return cls()
-        if isinstance(d, cls):
-            return d
-        return _build(cls, d, "realism")
+        return cls() if d is None else section_from_mapping(cls, d, "realism")  # an instance is returned as is
 
     @classmethod
     def off(cls) -> "RealismConfig":

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speckle_embed.config_sections import section_from_mapping
 from speckle_embed.realism import RealismConfig, apply_detector_realism
 
 __all__ = [
@@ -171,11 +172,7 @@ class AugmentConfig:
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                setattr(self, name, _section(cls, value, name))
-            elif not isinstance(value, cls):
-                raise TypeError(f"augment.{name} must be a mapping or {cls.__name__}")
+            setattr(self, name, section_from_mapping(cls, getattr(self, name), f"augment.{name}"))
             sec = getattr(self, name)
             if not 0.0 <= float(sec.p) <= 1.0:
                 raise ValueError(f"augment.{name}.p must be in [0, 1], got {sec.p}")
@@ -207,11 +204,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | "AugmentConfig" | None) -> "AugmentConfig":
         """Build from a (possibly partial) nested mapping; unknown keys raise ``ValueError``."""
-        if d is None:
-            return cls()
-        if isinstance(d, cls):
-            return d
-        return _section(cls, d, "augment")
+        return cls() if d is None else section_from_mapping(cls, d, "augment")  # an instance is returned as is
 
     @classmethod
     def disabled(cls) -> "AugmentConfig":
@@ -230,14 +223,6 @@ class AugmentConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _section(cls, d: Mapping, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
-    return cls(**dict(d))
 
 
 def _as_bad_mask(mask, frames: torch.Tensor) -> torch.Tensor:
