@@ -47,7 +47,7 @@ from speckle_embed.fewshot.rules import (
 )
 from speckle_embed.frame_checks import warn_empty
 from speckle_embed.inference.embedder import SpeckleEmbedder
-from speckle_embed.inference.views import view_indices
+from speckle_embed.inference.views import embed_views, view_indices
 
 __all__ = ["FewShotClassifier", "ClassificationResult", "NotFittedError", "ClassifierFileError",
            "CLASSIFIER_FORMAT"]
@@ -236,11 +236,9 @@ class FewShotClassifier(FrameClassifier):
 
     def _embed_supports(self, frames, mask) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of support frames ``(n, d)`` and of all their views ``(n, n_views, d)``."""
-        emb = self._embedder_in_use()
-        views = [self._embed(frames, mask)]
-        views += [emb.embed(frames, mask, scale=self.scale, center=self.center, view=v)
-                  for v in view_indices(self.support_views)[1:]]
-        return views[0], np.stack(views, axis=1)
+        views = embed_views(self._embedder_in_use(), frames, mask, group=self.support_views,
+                            scale=self.scale, center=self.center)
+        return np.ascontiguousarray(views[:, 0]), views
 
     def fit(self, X, y, *, mask=None, classes=None, unlabelled=None,
             unlabelled_mask=None) -> "FewShotClassifier":

@@ -19,7 +19,8 @@ the last two axes), then, for ``k >= 4``, a mirror of the columns. View 0 is the
 
 Examples
 --------
->>> import torch
+>>> import numpy as np
+import torch
 >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
 >>> detector_view(x, 1)[0, 0].tolist()
 [[1.0, 3.0], [0.0, 2.0]]
@@ -28,9 +29,10 @@ Examples
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["VIEW_GROUPS", "N_D4_VIEWS", "detector_view", "view_indices"]
+__all__ = ["VIEW_GROUPS", "N_D4_VIEWS", "detector_view", "view_indices", "embed_views"]
 
 #: Number of symmetries of the square (4 rotations x optional mirror).
 N_D4_VIEWS = 8
@@ -69,3 +71,25 @@ def detector_view(inputs: torch.Tensor, k: int) -> torch.Tensor:
         return inputs
     out = torch.rot90(inputs, k % 4, dims=(-2, -1))
     return out.flip(-1) if k >= 4 else out
+
+
+def embed_views(embedder, frames, mask=None, *, group: str = "d4", **embed_kwargs) -> np.ndarray:
+    """Embeddings of every view of ``group`` of every frame.
+
+    Parameters
+    ----------
+    embedder : SpeckleEmbedder
+    frames, mask
+        As :meth:`SpeckleEmbedder.embed`.
+    group : {"d4", "none"}, default "d4"
+    **embed_kwargs
+        Passed to :meth:`SpeckleEmbedder.embed` (``center``, ``scale``, ``batch_size``...).
+
+    Returns
+    -------
+    ndarray of float32, shape (N, n_views, d)
+        ``[:, v]`` = ``embedder.embed(frames, mask, view=v)``; view 0 first.
+    """
+    views = [embedder.embed(frames, mask, **embed_kwargs, **({"view": v} if v else {}))
+             for v in view_indices(group)]
+    return np.stack([np.asarray(z, dtype=np.float32) for z in views], axis=1)
