@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     support = np.sort(np.asarray(support))
     query = np.setdiff1d(np.arange(len(labels)), support)
 
-    clf = se.FewShotClassifier(emb, rule="mean_distance")   # SpeckleNN's rule
+    clf = se.FewShotClassifier(emb)   # rule "logistic" on the supports and their D4 views (rule="mean_distance": SpeckleNN)
     clf.fit(frames[support], labels[support], mask=mask)
     pred = clf.predict(frames[query], mask=mask)
 

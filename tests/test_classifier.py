@@ -256,7 +256,8 @@ def saved(emb, data, tmp_path_factory):
 def test_save_load_round_trip(saved, data):
     clf, directory, original = saved
     queries = data[2]
-    assert sorted(p.name for p in directory.iterdir()) == ["classifier.json", "embedder.pt", "index.npz"]
+    assert sorted(p.name for p in directory.iterdir()) == ["classifier.json", "embedder.pt", "index.npz",
+                                                           "support_views.npy"]
     assert not list(directory.parent.glob("*.tmp"))
     loaded = FewShotClassifier.load(directory, device="cpu")
     assert loaded.embedder.checkpoint_hash == original.checkpoint_hash

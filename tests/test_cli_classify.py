@@ -95,7 +95,7 @@ def test_classify_cli_writes_h5_and_csv(setup, tmp_path, capsys):
     assert res["distances"].shape == res["probabilities"].shape == (11, 2)
     np.testing.assert_allclose(res["probabilities"].sum(1), 1.0, rtol=1e-5)
     assert json.loads(res["attrs"]["class_names"]) == ["ring", "stripe"]
-    assert res["attrs"]["n_frames"] == 11 and res["attrs"]["rule"] == "mean_distance"
+    assert res["attrs"]["n_frames"] == 11 and res["attrs"]["rule"] == "logistic"
     assert rows[0] == ["file", "frame", "prediction", "distance_ring", "distance_stripe", "proba_ring", "proba_stripe",
                        "empty"]
     assert len(rows) == 12

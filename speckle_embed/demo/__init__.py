@@ -245,7 +245,7 @@ def run_demo(cfg: Mapping[str, Any]) -> dict:
         classes = sorted({int(h) for h in hit})
         support_idx = _pick_supports(hit, classes, k, seed)
         query_idx = np.setdiff1d(np.arange(hit.size), support_idx)
-        clf = se.FewShotClassifier(emb, rule=cfg.get("rule", "mean_distance"))
+        clf = se.FewShotClassifier(emb, rule=cfg.get("rule", "logistic"))
         clf.fit(frames[support_idx], labels[support_idx], mask=mask)
         clf_dir = clf.save(run_dir / "classifier")
         _say(f"[3/4] registered {k} supports per class ({', '.join(clf.classes_.tolist())}); "

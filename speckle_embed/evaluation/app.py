@@ -286,7 +286,8 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
         sets, kept, embedders, k_shots=cfg.get("k_shots") or [1, 5], n_query=int(cfg.get("n_query", 50)),
         n_tasks=int(cfg.get("n_tasks", 100)), seed=seed, rule=cfg["rule"], classes=cfg.get("classes") or [1, 2, 3],
         baselines=bool(cfg.get("baselines", True)), adapt=cfg.get("adapt") or (), finetune=cfg.get("finetune"),
-        reference=ref, reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress)
+        reference=ref, reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress,
+        support_views=str(cfg.get("support_views", "d4")))
     info = {m: {"checkpoint": specs[m], "checkpoint_hash": getattr(e, "checkpoint_hash", None)}
             for m, e in embedders.items()}
     add_domain_section(report, res, out, embeddings=info, skipped=skipped)
@@ -323,15 +324,16 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
     report = Report(str(cfg.get("title") or "speckle_embed evaluation"), stamp)
     numbers: dict[str, Any] = {"config": plain}
     if (cfg.get("offline") or {}).get("enabled", False):
-        _offline({**cfg["offline"], "rule": cfg.get("rule", "mean_distance"),
+        _offline({**cfg["offline"], "rule": cfg.get("rule", "logistic"),
                   "baselines": cfg.get("baselines", True)}, emb, report, numbers, out,
                  seed, progress, base_dir)
     if (cfg.get("online") or {}).get("enabled", False):
-        _online({**cfg["online"], "rule": cfg.get("rule", "mean_distance"),
+        _online({**cfg["online"], "rule": cfg.get("rule", "logistic"),
                  "baselines": cfg.get("baselines", True)}, emb, report, numbers, out,
                 seed, progress, base_dir)
     if (cfg.get("domains") or {}).get("enabled", False):
-        _domains({**cfg["domains"], "rule": cfg.get("rule", "mean_distance"), "checkpoint": cfg["checkpoint"],
+        _domains({**cfg["domains"], "rule": cfg.get("rule", "logistic"), "checkpoint": cfg["checkpoint"],
+                  "support_views": cfg.get("support_views", "d4"),
                   "baselines": cfg.get("baselines", True)}, emb, report, numbers, out, seed, progress, base_dir,
                  cfg.get("device", "cpu"), _flag(cfg.get("trust_checkpoint", False), "trust_checkpoint"))
     if not numbers.keys() - {"config"}:

@@ -59,6 +59,7 @@ from speckle_embed.data import DatasetError
 from speckle_embed.evaluation.baselines import baseline_features, baseline_predictions
 from speckle_embed.fewshot.episodes import (
     Episode,
+    episode_distances,
     evaluate_predictions,
     sample_episodes,
 )
@@ -67,8 +68,9 @@ from speckle_embed.evaluation.labelled import (
     LabelledSet,
     load_labelled_sets,
 )
-from speckle_embed.fewshot.rules import get_rule
 from speckle_embed.fewshot.index import SupportIndex
+from speckle_embed.fewshot.rules import get_rule, logistic
+from speckle_embed.inference.views import embed_views, view_indices
 
 __all__ = [
     "ADAPTATIONS",
@@ -368,14 +370,11 @@ def score_methods(methods: Mapping[str, Callable[[Episode], np.ndarray]], episod
     return out
 
 
-def _rule_predict(z: np.ndarray, rule) -> Callable[[Episode], np.ndarray]:
-    fn = get_rule(rule)
+def _rule_predict(z: np.ndarray, rule, views: np.ndarray | None = None) -> Callable[[Episode], np.ndarray]:
     z = np.ascontiguousarray(z, dtype=np.float32)
 
     def predict(ep: Episode) -> np.ndarray:
-        index = SupportIndex(z.shape[1], use_gpu=False)
-        index.add(z[ep.support_idx], ep.support_labels)
-        return fn(index, z[ep.query_idx], n_classes=ep.n_way).argmin(axis=1)
+        return episode_distances(z, ep, rule, support_views=views).argmin(axis=1)
     return predict
 
 
@@ -390,20 +389,22 @@ def _prototype_predict(z: np.ndarray, labels: np.ndarray, file_index: np.ndarray
 
 
 def _batchnorm_embeddings(emb, sets: Sequence[LabelledSet], labels: np.ndarray, file_index: np.ndarray, seed: int,
-                          embed_kwargs: Mapping) -> np.ndarray:
-    """Embeddings of every file by a copy of ``emb`` with BatchNorm statistics re-estimated on that
-    file's frames of the used classes (label-free)."""
-    return np.concatenate([np.asarray(reestimate_batchnorm(emb, s.frames[labels[file_index == i] >= 0], s.mask,
-                                                           seed=seed).embed(s.frames, s.mask, **embed_kwargs))
-                           for i, s in enumerate(sets)])
+                          embed_kwargs: Mapping, rule, support_views: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings of every file (and their views, as :func:`_embed`) by a copy of ``emb`` with
+    BatchNorm statistics re-estimated on that file's frames of the used classes (label-free)."""
+    parts = [_embed(reestimate_batchnorm(emb, s.frames[labels[file_index == i] >= 0], s.mask, seed=seed),
+                    [s], embed_kwargs, rule, support_views) for i, s in enumerate(sets)]
+    return (np.concatenate([p[0] for p in parts]),
+            None if parts[0][1] is None else np.concatenate([p[1] for p in parts]))
 
 
 def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapping, options: Mapping, seed: int,
-                      log: list) -> Callable[[Episode], np.ndarray]:
+                      log: list, support_views: str = "none") -> Callable[[Episode], np.ndarray]:
     """Per episode: a copy of ``emb`` fine-tuned on the episode's supports within the budget
     (:func:`~speckle_embed.adaptation.finetune_on_supports`), then the rule on its embeddings of the
     supports and queries. The beam centre is resolved once per file (``embed_kwargs["center"]``,
-    ``"auto"`` on the whole file); each fine-tuning's log (steps, seconds) is appended to ``log``."""
+    ``"auto"`` on the whole file); each fine-tuning's log (steps, seconds) is appended to ``log``. With
+    ``rule="logistic"`` the tuned embeddings of the supports' views train it (``support_views``)."""
     fn = get_rule(rule)
     offsets = np.cumsum([0] + [len(s) for s in sets])
     centers: dict[int, Any] = {}
@@ -417,10 +418,13 @@ def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapp
         tuned, info = finetune_on_supports(emb, support, ep.support_labels, s.mask, center=kw["center"], seed=seed,
                                            **options)
         log.append(info)
-        zs, zq = (np.ascontiguousarray(tuned.embed(x, s.mask, **kw), dtype=np.float32) for x in (support, query))
+        zs, vs = _embed(tuned, [LabelledSet("supports", support, ep.support_labels, mask=s.mask)], kw, rule,
+                        support_views)
+        zq = np.ascontiguousarray(tuned.embed(query, s.mask, **kw), dtype=np.float32)
         index = SupportIndex(zs.shape[1], use_gpu=False)
         index.add(zs, ep.support_labels)
-        return fn(index, zq, n_classes=ep.n_way).argmin(axis=1)
+        extra = {} if vs is None else {"training": (vs.reshape(-1, vs.shape[-1]), np.repeat(ep.support_labels, vs.shape[1]))}
+        return fn(index, zq, n_classes=ep.n_way, **extra).argmin(axis=1)
     return predict
 
 
@@ -448,8 +452,15 @@ def _finetune_options(options: Mapping | None, adapt: Sequence[str], embedders: 
     return out
 
 
-def _embed(emb, sets: Sequence[LabelledSet], embed_kwargs: Mapping) -> np.ndarray:
-    return np.concatenate([np.asarray(emb.embed(s.frames, s.mask, **embed_kwargs)) for s in sets])
+def _embed(emb, sets: Sequence[LabelledSet], embed_kwargs: Mapping, rule=None,
+           support_views: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings ``(N, d)`` of every frame of ``sets`` and, when ``rule`` trains on them
+    (``"logistic"``) with ``support_views`` other than ``"none"``, of all their symmetry views
+    ``(N, n_views, d)`` (else None)."""
+    if support_views == "none" or rule is None or get_rule(rule) is not logistic:
+        return np.concatenate([np.asarray(emb.embed(s.frames, s.mask, **embed_kwargs)) for s in sets]), None
+    views = np.concatenate([embed_views(emb, s.frames, s.mask, group=support_views, **embed_kwargs) for s in sets])
+    return np.ascontiguousarray(views[:, 0]), views
 
 
 def _progress(on: bool, text: str) -> None:
@@ -459,31 +470,32 @@ def _progress(on: bool, text: str) -> None:
 
 def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, embedders: Mapping[str, Any], *,
                      k_shots, n_query, n_tasks, seed, rule, classes, baselines, adapt, finetune, extra_methods,
-                     embed_kwargs, level, progress) -> dict:
+                     embed_kwargs, level, progress, support_views) -> dict:
     labels, file_index = binary_labels(sets, classes)
     methods: dict[str, Callable] = {}
     kinds: dict[str, str] = {}
     finetune_logs: dict[str, list] = {}
     for label, emb in embedders.items():
         _progress(progress, f"{domain.name}: embedding {sum(len(s) for s in sets)} frames with {label}")
-        z = _embed(emb, sets, embed_kwargs)
-        methods[label], kinds[label] = _rule_predict(z, rule), "embedding"
-        zb = None
+        z, views = _embed(emb, sets, embed_kwargs, rule, support_views)
+        methods[label], kinds[label] = _rule_predict(z, rule, views), "embedding"
+        zb = vb = None
         for a in adapt:
             row = f"{label} + {a.replace('+', ' + ')}"
             if a in ("batchnorm", "batchnorm+prototypes") and zb is None:
-                zb = _batchnorm_embeddings(emb, sets, labels, file_index, seed, embed_kwargs)
+                zb, vb = _batchnorm_embeddings(emb, sets, labels, file_index, seed, embed_kwargs, rule, support_views)
             if a == "prototypes":
                 methods[row] = _prototype_predict(z, labels, file_index)
             elif a == "batchnorm":
-                methods[row] = _rule_predict(zb, rule)
+                methods[row] = _rule_predict(zb, rule, vb)
             elif a == "batchnorm+prototypes":
                 methods[row] = _prototype_predict(zb, labels, file_index)
             else:  # finetune
                 _progress(progress, f"{domain.name}: {row}: fine-tuning on every episode's supports "
                                     f"(up to {finetune['budget_s']} s each)")
                 finetune_logs[row] = []
-                methods[row] = _finetune_predict(emb, sets, rule, embed_kwargs, finetune, seed, finetune_logs[row])
+                methods[row] = _finetune_predict(emb, sets, rule, embed_kwargs, finetune, seed, finetune_logs[row],
+                                                 support_views)
             kinds[row] = "adapted"
     if baselines:
         feats = baseline_features(sets, baselines=baselines if isinstance(baselines, Mapping) else None)
@@ -514,11 +526,11 @@ def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, em
 
 def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence[Domain],
                     embedders: Mapping[str, Any], *, k_shots: Sequence[int] = (1, 5), n_query: int = 50,
-                    n_tasks: int = 100, seed: int = 0, rule="mean_distance", classes: Sequence[int] = (1, 2, 3),
+                    n_tasks: int = 100, seed: int = 0, rule="logistic", classes: Sequence[int] = (1, 2, 3),
                     baselines: bool | Mapping = True, adapt: Sequence[str] = (), finetune: Mapping | None = None,
                     extra_methods: Mapping[str, Callable] | None = None, reference: Domain | None = None,
                     reference_sets: Sequence[LabelledSet] | None = None, embed_kwargs: Mapping | None = None,
-                    level: float = 0.95, progress: bool = True) -> dict:
+                    level: float = 0.95, progress: bool = True, support_views: str = "d4") -> dict:
     """Run the leave-one-domain-out protocol.
 
     Parameters
@@ -539,7 +551,8 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     seed : int
         Episodes and bootstrap.
     rule : str or callable
-        Few-shot rule of :mod:`speckle_embed.fewshot_rules` for the embeddings.
+        Few-shot rule of :mod:`speckle_embed.fewshot.rules` for the embeddings (default
+        ``"logistic"``, as :class:`~speckle_embed.fewshot.FewShotClassifier`).
     classes : sequence of int
         Hit classes used: ``single`` (1) against the others listed.
     baselines : bool or mapping name -> estimator class
@@ -562,6 +575,9 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     level : float
         Confidence level of the intervals.
     progress : bool
+    support_views : {"d4", "none"}, default "d4"
+        Symmetry views of the supports that train ``rule="logistic"`` (as the classifier's
+        option of that name; every frame is then embedded in all 8 views, 8 times the cost).
 
     Returns
     -------
@@ -584,7 +600,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     kw = {"k_shots": [int(k) for k in k_shots], "n_query": int(n_query), "n_tasks": int(n_tasks),
           "seed": int(seed), "rule": rule, "classes": tuple(classes), "baselines": baselines, "adapt": adapt,
           "finetune": finetune, "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
-          "progress": progress}
+          "progress": progress, "support_views": view_indices(support_views) and support_views}
     rows = [_evaluate_domain(d, sets[d.name], i, embedders, **kw) for i, d in enumerate(domains)]
     ref = None
     if reference is not None:
@@ -599,6 +615,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     names = list(rows[0]["kinds"]) if rows else []
     return {"settings": {"k_shots": kw["k_shots"], "n_query": kw["n_query"], "n_tasks": kw["n_tasks"],
                          "seed": kw["seed"], "rule": rule if isinstance(rule, str) else getattr(rule, "__name__", "custom"),
+                         "support_views": support_views,
                          "classes": list(classes), "adapt": list(adapt), "level": level,
                          **({"finetune": finetune} if "finetune" in adapt else {}),
                          "interval": "percentile bootstrap over episodes (scipy.stats.bootstrap, 2000 resamples)"},
@@ -640,7 +657,8 @@ def add_domain_section(report, result: Mapping, out_dir, *, embeddings: Mapping[
     report.text(
         f"2-way single vs not single ({', '.join(map(str, st['classes'][1:]))} = not single), K supports per "
         f"class, {st['n_tasks']} episodes per domain and K with up to {st['n_query']} label-balanced queries "
-        f"per class, supports and queries from one file of the domain, rule {st['rule']}, seed {st['seed']}; "
+        f"per class, supports and queries from one file of the domain, rule {st['rule']}"
+        f"{' (trained on the D4 symmetry views of the supports)' if st['rule'] == 'logistic' and st.get('support_views', 'none') != 'none' else ''}, seed {st['seed']}; "
         "every method is scored on the same episodes. Cells: mean over episodes "
         f"[{round(100 * st['level'])} % {st['interval']}]. Gap = in-domain reference minus the domain "
         "(accuracy, same method). The validation domain chose the checkpoint: its row is not a result. "

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from speckle_embed.fewshot.index import SupportIndex
-from speckle_embed.fewshot.rules import get_rule
+from speckle_embed.fewshot.rules import get_rule, logistic
 from speckle_embed.formats import HIT_CLASSES
 
-__all__ = ["Episode", "sample_episodes", "evaluate_episodes", "evaluate_predictions", "HIT_CLASSES", "POSITIVE_CLASS"]
+__all__ = ["Episode", "sample_episodes", "evaluate_episodes", "episode_distances", "evaluate_predictions", "HIT_CLASSES", "POSITIVE_CLASS"]
 
 #: Hit class that F1 treats as positive.
 POSITIVE_CLASS = 1
@@ -166,7 +166,7 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean_distance", *,
                       structure_names: Sequence[str] | None = None, positive_class: int = POSITIVE_CLASS,
-                      **rule_kwargs: Any) -> dict:
+                      support_views: np.ndarray | None = None, **rule_kwargs: Any) -> dict:
     """Classify the queries of every episode and score them.
 
     Parameters
@@ -181,6 +181,8 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
         Names for the per-structure keys (default ``str(structure index)``).
     positive_class : int
         Hit class counted as positive for F1 (``single``).
+    support_views : ndarray, shape (N, n_views, d), optional
+        Symmetry-view embeddings that train ``rule="logistic"`` (:func:`episode_distances`).
     **rule_kwargs
         Passed to the rule (e.g. ``k`` for knn).
 
@@ -194,15 +196,37 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
     emb = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
     if emb.ndim != 2:
         raise ValueError(f"embeddings must have shape (N, d), got {emb.shape}")
-    fn = get_rule(rule)
-
     def predict(ep: Episode) -> np.ndarray:
-        index = SupportIndex(emb.shape[1], use_gpu=False)
-        index.add(emb[ep.support_idx], ep.support_labels)
-        return fn(index, emb[ep.query_idx], n_classes=ep.n_way, **rule_kwargs).argmin(axis=1)
+        return episode_distances(emb, ep, rule, support_views=support_views, **rule_kwargs).argmin(axis=1)
 
     return evaluate_predictions(predict, episodes, structure_names=structure_names,
                                 positive_class=positive_class)
+
+
+def episode_distances(embeddings: np.ndarray, ep: Episode, rule: Any = "mean_distance", *,
+                      support_views: np.ndarray | None = None, **rule_kwargs: Any) -> np.ndarray:
+    """The rule's per-class distances ``(n_query, n_way)`` of one episode's queries.
+
+    Parameters
+    ----------
+    embeddings : ndarray of float32, shape (N, d)
+        Embeddings of the frames the episode indexes.
+    ep : Episode
+    rule : str or callable
+    support_views : ndarray of float32, shape (N, n_views, d), optional
+        Embeddings of the symmetry views of every frame
+        (:func:`speckle_embed.inference.views.embed_views`): with ``rule="logistic"`` the
+        supports' views train the regression, as in ``FewShotClassifier(support_views="d4")``.
+    **rule_kwargs
+        Passed to the rule.
+    """
+    fn = get_rule(rule)
+    index = SupportIndex(embeddings.shape[1], use_gpu=False)
+    index.add(embeddings[ep.support_idx], ep.support_labels)
+    if fn is logistic and support_views is not None:
+        v = support_views[ep.support_idx]
+        rule_kwargs = {**rule_kwargs, "training": (v.reshape(-1, v.shape[-1]), np.repeat(ep.support_labels, v.shape[1]))}
+    return fn(index, embeddings[ep.query_idx], n_classes=ep.n_way, **rule_kwargs)
 
 
 def evaluate_predictions(predict: Callable[[Episode], np.ndarray], episodes: Sequence[Episode], *,

@@ -9,6 +9,8 @@ renamed into place)::
     embedder.pt       the embedder's weights (a copy of its checkpoint file while the weights in
                       memory are still those of the file), so that load() works standalone
     adaptation.npz    only when fit(..., unlabelled=) adapted the classifier
+    support_views.npy the embeddings of every symmetry view of every support, (n, n_views, d)
+                      float32, rows in the index's order (train the "logistic" rule)
 
 Only these files belong to the classifier: saving over a saved classifier replaces them
 and keeps any other file of the folder (a user's ``notes.txt``). Loading reads ``embedder.pt``
@@ -46,7 +48,8 @@ __all__ = ["CLASSIFIER_FORMAT", "ClassifierFileError", "save_classifier", "load_
 CLASSIFIER_FORMAT = "speckle_embed-classifier-1"
 _JSON, _INDEX, _EMBEDDER = "classifier.json", "index.npz", "embedder.pt"
 _ADAPTATION = "adaptation.npz"  # only when fit(..., unlabelled=) adapted the classifier
-_OWN_FILES = (_JSON, _INDEX, _EMBEDDER, _ADAPTATION)  # everything else in a classifier folder is the user's
+_VIEWS = "support_views.npy"
+_OWN_FILES = (_JSON, _INDEX, _EMBEDDER, _ADAPTATION, _VIEWS)  # everything else in a classifier folder is the user's
 
 
 class ClassifierFileError(ValueError):
@@ -90,7 +93,8 @@ def save_classifier(clf: "FewShotClassifier", directory: str | os.PathLike) -> P
             "params": {"rule": clf.rule, "k": int(clf.k), "temperature": clf.temperature,
                        "reject_quantile": clf.reject_quantile, "unknown_label": clf.unknown_label,
                        "scale": clf.scale, "center": None if clf.center is None else
-                       (clf.center if isinstance(clf.center, str) else [float(c) for c in clf.center])},
+                       (clf.center if isinstance(clf.center, str) else [float(c) for c in clf.center]),
+                       "support_views": clf.support_views},
             "label_kind": clf._label_kind_,
             "classes": clf.classes_.tolist(),
             "n_supports": clf.n_supports_.tolist(),
@@ -100,6 +104,10 @@ def save_classifier(clf: "FewShotClassifier", directory: str | os.PathLike) -> P
                          "preprocessing": prep, "reference_speckle_px": emb.reference_speckle_px},
             "files": {_INDEX: sha256_file(tmp / _INDEX), _EMBEDDER: sha256_file(tmp / _EMBEDDER)},
         }
+        views = getattr(clf, "support_view_embeddings_", None)
+        if views is not None:
+            np.save(tmp / _VIEWS, np.ascontiguousarray(views, dtype=np.float32), allow_pickle=False)
+            meta["files"][_VIEWS] = sha256_file(tmp / _VIEWS)
         if getattr(clf, "adaptation_", None) is not None:
             meta["adaptation"] = save_adaptation(clf.adaptation_, tmp / _ADAPTATION)
             meta["files"][_ADAPTATION] = sha256_file(tmp / _ADAPTATION)
@@ -178,6 +186,7 @@ def load_classifier(cls: type["FewShotClassifier"], directory: str | os.PathLike
             "use the saved copy of the original, or refit with the new embedder.")
 
     names_init = set(cls._get_param_names()) - {"embedder"}  # the parameters of __init__ (scikit-learn)
+    params.setdefault("support_views", "none")  # saved before the option existed: no views were kept
     clf = cls(embedder, **{k: v for k, v in params.items() if k in names_init}, use_gpu=use_gpu)
     if isinstance(clf.center, list):
         clf.center = tuple(clf.center)
@@ -199,6 +208,19 @@ def load_classifier(cls: type["FewShotClassifier"], directory: str | os.PathLike
     clf.embedding_size_ = int(index.dim)
     clf.checkpoint_hash_ = saved_hash
     clf.threshold_ = None if threshold is None else float(threshold)
+    clf._logistic_model = None
+    clf.support_view_embeddings_ = None
+    if _VIEWS in files:
+        vpath = check(_VIEWS)
+        try:
+            views = np.load(vpath, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ClassifierFileError(f"{vpath} cannot be read as support view embeddings: {exc}") from exc
+        if views.ndim != 3 or views.shape[0] != index.ntotal or views.shape[2] != index.dim:
+            raise ClassifierFileError(f"{vpath} holds an array of shape {views.shape}; expected "
+                                      f"({index.ntotal}, n_views, {index.dim}) for the supports of {ipath.name} "
+                                      f"({_REFIX})")
+        clf.support_view_embeddings_ = views.astype(np.float32, copy=False)
     clf.adaptation_ = None
     if meta.get("adaptation") is not None:
         apath = check(_ADAPTATION)

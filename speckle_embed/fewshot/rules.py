@@ -3,8 +3,9 @@
 Every rule maps query embeddings to per-class **distances** of shape ``(m, n_classes)``
 (smaller = closer), so ``scores.argmin(axis=1)`` is the prediction, :func:`scores_to_proba` turns
 them into probabilities and :func:`predict_with_rejection` answers ``-1`` ("unknown") when even
-the best class is too far.  Distances are squared L2 throughout (an ``"ip"`` index is converted,
-see :meth:`SupportIndex.all_distances`).
+the best class is too far.  The distance rules use squared L2 (an ``"ip"`` index is converted,
+see :meth:`SupportIndex.all_distances`); ``knn`` gives ordinal vote scores and ``logistic``
+``-log p``.
 
 Rules (``n_way`` classes labelled ``0 .. n_classes-1``; every class needs at least one support):
 
@@ -17,6 +18,10 @@ Rules (``n_way`` classes labelled ``0 .. n_classes-1``; every class needs at lea
     norm (``||mu_c|| < 1`` unless all supports coincide) and is deliberately not renormalised.
 ``knn``
     Majority vote of the ``k`` nearest supports, ties broken by the smaller summed distance.
+``logistic``
+    ``-log p`` of a logistic regression fitted on the supports
+    (:mod:`speckle_embed.fewshot.linear`; the classifier's default: chosen on the held-out
+    validation domain, ``docs/domains.md``).
 
 The first two are related by ``D_c(q) = P_c(q) + s_c`` with ``s_c = 1/n_c sum ||x_j - mu_c||^2``
 the spread of class ``c``: ``mean_distance`` penalises spread-out classes, ``prototype`` does not,
@@ -42,6 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from speckle_embed.fewshot.index import SupportIndex, _check_int_vector, _check_matrix
+from speckle_embed.fewshot.linear import logistic
 
 __all__ = [
     "UNKNOWN",
@@ -50,6 +56,7 @@ __all__ = [
     "prototype",
     "class_prototypes",
     "knn",
+    "logistic",
     "get_rule",
     "predict",
     "scores_to_proba",
@@ -233,11 +240,11 @@ def knn(index: SupportIndex, queries: Any, *, k: int = 5, n_classes: int | None 
     return _knn_scores(dist, nb_labels, counts.size)
 
 
-RULES: dict[str, Rule] = {"mean_distance": mean_distance, "prototype": prototype, "knn": knn}
+RULES: dict[str, Rule] = {"mean_distance": mean_distance, "prototype": prototype, "knn": knn, "logistic": logistic}
 
 
 def get_rule(rule: str | Rule) -> Rule:
-    """A rule function from its name (``"mean_distance"``, ``"prototype"``, ``"knn"``) or itself.
+    """A rule function from its name (``"mean_distance"``, ``"prototype"``, ``"knn"``, ``"logistic"``) or itself.
 
     A custom rule is any callable ``rule(index, queries, *, n_classes=None, **kw) -> (m, C)``.
     """

@@ -47,6 +47,7 @@ from speckle_embed.inference.frames import (check_frames, check_mask, check_scal
 from speckle_embed.inference.int8 import CHUNK_BYTES, quantize_specklenn
 from speckle_embed.inference.precision import PRECISIONS, check_int8, fold_if_exact, params_key
 from speckle_embed.inference.transfer import HostToDevice
+from speckle_embed.inference.views import detector_view
 from speckle_embed.device import resolve_device
 from speckle_embed.models import build_model
 from speckle_embed.preprocess import Preprocessing
@@ -339,7 +340,7 @@ class SpeckleEmbedder(CheckpointIO):
                 **{k: v for k, v in q.calibration.items() if k != "n"}}
 
     def embed(self, frames, mask=None, *, center=None, scale=None, batch_size: int | None = None,
-              progress: bool = False, return_empty: bool = False):
+              progress: bool = False, return_empty: bool = False, view: int = 0):
         """Unit-norm embeddings of frames.
 
         Parameters
@@ -361,6 +362,10 @@ class SpeckleEmbedder(CheckpointIO):
             Show a tqdm progress bar (patterns/s).
         return_empty : bool, default False
             Also return the empty flags (below) instead of warning about them.
+        view : int, default 0
+            Embed symmetry view ``view`` (0-7) of each frame about its beam centre: rotation by
+            ``90 * (view % 4)`` degrees, mirrored for ``view >= 4``
+            (:func:`speckle_embed.inference.views.detector_view`); 0 is the frame itself.
 
         Returns
         -------
@@ -391,6 +396,7 @@ class SpeckleEmbedder(CheckpointIO):
         """
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8'; got {self.precision!r}")
+        detector_view(torch.zeros(1, 1, 1, 1), view)  # a bad view fails before any work
         x = check_frames(frames)
         n = int(x.shape[0])
         bs = self.batch_size if batch_size is None else batch_size
@@ -431,6 +437,7 @@ class SpeckleEmbedder(CheckpointIO):
         try:
             with torch.inference_mode():
                 for start, stop, inputs in self._batches(x, mask, center, scale, bs):
+                    inputs = detector_view(inputs, view)
                     m = inputs.shape[0]
                     flat.append((start, flat_inputs(inputs)))
                     if self.compile and m < bs:
