@@ -11,7 +11,14 @@ log. For each frame size (128 x 128, and 1024 x 1024 "assembled" frames read wit
 2. ``paced``: the sender paced at ``--load`` x that rate with the ``drop_oldest`` policy: frames
    dropped (should be 0) and the latency receipt -> published decision (p50/p99);
 3. ``in-memory``: ``FewShotClassifier.classify`` on the same frames already in memory, batch
-   ``--batch-size`` (the embedder's own throughput); the ratio says what I/O costs.
+   ``--batch-size`` (the embedder's own throughput), measured just before and just after the
+   saturated phase (``--seconds`` / 2 each, their mean is the reference): the ratio
+   saturated / in-memory says what I/O costs. On a shared machine the load can change between
+   phases; bracketing the stream phase by two in-memory ones shows that (both are reported).
+
+It also reports the CPU time per frame (user + system, all threads) of the in-memory loop, of the
+service process during the saturated window and of the sender process (Linux ``/proc``), which
+says where CPU goes independently of what else runs on the machine.
 
 Frames are synthetic (Poisson rings and stripes, seed ``--seed``): speed does not depend on the
 content. The figures depend on the machine and on what else runs on it (README table).
@@ -72,6 +79,28 @@ def _sender(path, endpoint, rate, per_msg, seconds, threads_env):
                 stop=stop, hwm=16)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc``; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_memory(clf, x, batch_size, seconds):
+    """Frames/s and CPU ms per frame of ``clf.classify`` over ``x`` in batches (at least 2 passes)."""
+    clf.classify(x[:batch_size])
+    reps, t, c = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t < seconds or reps < 2:
+        for i in range(0, len(x), batch_size):
+            clf.classify(x[i:i + batch_size])
+        reps += 1
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return reps * len(x) / wall, 1e3 * cpu / (reps * len(x))
+
+
 def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale):
     port = free_port()
     cfg = {"source": {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}", "hwm": 16},
@@ -93,15 +122,19 @@ def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale
     time.sleep(1.0)
     c0, t0 = svc.counters.classified, time.perf_counter()
     svc.counters._lat[:] = np.nan   # latencies of the measured window only
+    cpu0, sender0 = time.process_time(), process_cpu_s(proc.pid)
     time.sleep(seconds)
     c1, t1 = svc.counters.classified, time.perf_counter()
+    cpu1, sender1 = time.process_time(), process_cpu_s(proc.pid)
     snap = svc.counters.snapshot()
     proc.terminate()
     proc.join(30)
     svc.request_stop()
     svc.shutdown()
+    n = max(c1 - c0, 1)
     return {"frames_per_s": (c1 - c0) / (t1 - t0), "dropped": snap["dropped"], "latency_ms": snap["latency"],
-            "classified": snap["classified"]}
+            "classified": snap["classified"], "service_cpu_ms_per_frame": 1e3 * (cpu1 - cpu0) / n,
+            "sender_cpu_ms_per_frame": None if sender0 is None or sender1 is None else 1e3 * (sender1 - sender0) / n}
 
 
 def main(argv=None) -> int:
@@ -136,28 +169,29 @@ def main(argv=None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
         with h5py.File(tmp / "frames.cxi", "w") as f:
             f.create_dataset("/entry_1/data_1/data", data=x)
-        # in-memory throughput of the classifier itself
-        clf.classify(x[:bs])
-        reps, t = 0, time.perf_counter()
-        while time.perf_counter() - t < args.seconds / 2 or reps < 2:
-            for i in range(0, len(x), bs):
-                clf.classify(x[i:i + bs])
-            reps += 1
-        mem = reps * len(x) / (time.perf_counter() - t)
+        load0 = os.getloadavg()[0]
         per_msg = args.frames_per_message if size <= 256 else 4
+        mem_before, cpu_mem = in_memory(clf, x, bs, args.seconds / 2)   # the classifier itself ...
         sat = run_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, 0, "block", bs, scale)
+        mem_after, cpu_mem_after = in_memory(clf, x, bs, args.seconds / 2)   # ... on both sides of the stream
+        mem = (mem_before + mem_after) / 2
         if sat["frames_per_s"] <= 0:
             raise SystemExit(f"{size}: nothing classified in the saturated window; use a longer --seconds")
         paced = run_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, args.load * sat["frames_per_s"],
                           "drop_oldest", bs, scale)
         row = {"size": size, "precision": args.precision, "threads": args.threads,
                "in_memory_frames_per_s": round(mem, 1),
+               "in_memory_before_after": [round(mem_before, 1), round(mem_after, 1)],
                "saturated_frames_per_s": round(sat["frames_per_s"], 1), "saturated_dropped": sat["dropped"],
                "ratio_to_in_memory": round(sat["frames_per_s"] / mem, 3),
                "paced_rate": round(args.load * sat["frames_per_s"], 1),
                "paced_frames_per_s": round(paced["frames_per_s"], 1), "paced_dropped": paced["dropped"],
                "paced_latency_ms": {k: (None if v is None else round(v, 2)) for k, v in paced["latency_ms"].items()},
-               "cpu_count": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2)}
+               "cpu_ms_per_frame": {"in_memory": round((cpu_mem + cpu_mem_after) / 2, 4),
+                                    "service": round(sat["service_cpu_ms_per_frame"], 4),
+                                    "sender": None if sat["sender_cpu_ms_per_frame"] is None
+                                    else round(sat["sender_cpu_ms_per_frame"], 4)},
+               "cpu_count": os.cpu_count(), "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
         print(json.dumps(row), flush=True)
         results.append(row)
     print("\n| frames | in memory (f/s) | stream saturated (f/s, dropped) | ratio | paced at (f/s) | dropped | "
@@ -168,7 +202,7 @@ def main(argv=None) -> int:
         print(f"| {r['size']}x{r['size']} uint16 | {r['in_memory_frames_per_s']:.0f} | "
               f"{r['saturated_frames_per_s']:.0f} ({r['saturated_dropped']}) | {r['ratio_to_in_memory']:.2f} | "
               f"{r['paced_rate']:.0f} | {r['paced_dropped']} | {lat['p50_ms']} / {lat['p99_ms']} | "
-              f"{r['loadavg_1min']} |")
+              f"{r['loadavg_1min'][0]}-{r['loadavg_1min'][1]} |")
     return 0
 
 
