@@ -27,6 +27,7 @@ Usage::
 
     python benchmarks/bench_stream.py                      # both sizes, int8, 8 s per phase
     python benchmarks/bench_stream.py --sizes 128 --seconds 5 --threads 2
+    python benchmarks/bench_stream.py --sizes 128 --components   # CPU us/frame of each step around the embedder
 """
 from __future__ import annotations
 
@@ -48,7 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speckle_embed.fewshot.classifier import FewShotClassifier
 from speckle_embed.inference.pretrained import load_pretrained
+from speckle_embed.stream.counters import StreamCounters
+from speckle_embed.stream.decision_log import DecisionLog
+from speckle_embed.stream.messages import decode_frames, encode_decisions, encode_frames
+from speckle_embed.stream.publisher import DecisionPublisher
 from speckle_embed.stream.service import StreamService
+from speckle_embed.stream.validate import FrameValidator
 
 
 def frames_of(n: int, size: int, seed: int) -> np.ndarray:
@@ -137,6 +143,67 @@ def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale
             "sender_cpu_ms_per_frame": None if sender0 is None or sender1 is None else 1e3 * (sender1 - sender0) / n}
 
 
+def component_costs(size: int = 128, per_msg: int = 32, batch_size: int = 256, log_records: int = 8192,
+                    seed: int = 0) -> dict:
+    """CPU microseconds per frame of each step of the service outside the embedder (best of 5).
+
+    The steps of the source thread (decode a frames message, validate its frames) and of the
+    classifier thread around ``classify`` (gather a batch, encode and publish its decisions,
+    count them, log them with and without the CSV).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 100, (per_msg, size, size)).astype(np.uint16)
+    parts = [bytes(p) for p in encode_frames(x, 1)]
+    xf = x.astype(np.float32)
+    parts_f = [bytes(p) for p in encode_frames(xf, 1)]
+    n, k = batch_size, 2
+    dist, proba = rng.random((n, k)), rng.random((n, k))
+    codes = rng.integers(0, k, n)
+    labels = np.array(["a", "b"])[codes]
+    ids, lat = np.arange(n), rng.random(n)
+    packets = [decode_frames(parts, 0, "zmq") for _ in range(max(1, batch_size // per_msg))]
+    counters = StreamCounters(["a", "b"])
+    validator = FrameValidator((size, size))
+    pub = DecisionPublisher(f"tcp://127.0.0.1:{free_port()}")
+    cols = dict(train_id=ids, pulse_id=ids, timestamp=ids * 1.0, code=codes, label=labels,
+                distances=dist.astype(np.float32), probabilities=proba.astype(np.float32),
+                margin=proba[:, 0].astype(np.float32), latency_ms=lat.astype(np.float32))
+
+    def per_frame(fn, frames, reps):
+        best = np.inf
+        for _ in range(5):
+            c = time.process_time()
+            for _ in range(reps):
+                fn()
+            best = min(best, (time.process_time() - c) / reps)
+        return round(1e6 * best / frames, 3)
+
+    def log_flush(csv):
+        d = tempfile.mkdtemp(prefix="bench_stream_log_")
+        log = DecisionLog(d, ["a", "b"], flush_records=10 ** 12, flush_seconds=1e12, csv=csv)
+
+        def run():
+            for _ in range(log_records // n):
+                log.append(**cols)
+            log.flush()
+        return run
+
+    try:
+        return {
+            "decode_message": per_frame(lambda: decode_frames(parts, 0, "zmq"), per_msg, 200),
+            "validate_uint16": per_frame(lambda: validator.check(packets[0]), per_msg, 200),
+            "validate_float32": per_frame(lambda: validator.check(decode_frames(parts_f, 0, "zmq")), per_msg, 50),
+            "gather_batch": per_frame(lambda: np.concatenate([p.frames for p in packets]), n, 50),
+            "encode_and_publish": per_frame(lambda: pub.publish(encode_decisions(
+                ["a", "b"], ids, ids, ids * 1.0, labels, codes, dist, proba, proba[:, 0], lat)), n, 50),
+            "counters": per_frame(lambda: counters.add_classified(codes, lat, proba[:, 0]), n, 200),
+            "log_hdf5": per_frame(log_flush(False), log_records, 2),
+            "log_hdf5_and_csv": per_frame(log_flush(True), log_records, 2),
+        }
+    finally:
+        pub.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 1024])
@@ -149,7 +216,13 @@ def main(argv=None) -> int:
     ap.add_argument("--load", type=float, default=0.8, help="paced rate as a fraction of the saturated one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--components", action="store_true",
+                    help="only print the CPU us/frame of each service step outside the embedder, then exit")
     args = ap.parse_args(argv)
+    if args.components:
+        print(json.dumps({"size": args.sizes[0], "cpu_us_per_frame": component_costs(
+            args.sizes[0], args.frames_per_message, args.batch_size, seed=args.seed)}))
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
