@@ -126,11 +126,11 @@ def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale
     while svc.counters.classified == 0 and time.monotonic() < end:
         time.sleep(0.05)
     time.sleep(1.0)
-    c0, t0 = svc.counters.classified, time.perf_counter()
+    c0, t0, b0 = svc.counters.classified, time.perf_counter(), svc.worker.batches
     svc.counters._lat[:] = np.nan   # latencies of the measured window only
     cpu0, sender0 = time.process_time(), process_cpu_s(proc.pid)
     time.sleep(seconds)
-    c1, t1 = svc.counters.classified, time.perf_counter()
+    c1, t1, b1 = svc.counters.classified, time.perf_counter(), svc.worker.batches
     cpu1, sender1 = time.process_time(), process_cpu_s(proc.pid)
     snap = svc.counters.snapshot()
     proc.terminate()
@@ -139,7 +139,7 @@ def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale
     svc.shutdown()
     n = max(c1 - c0, 1)
     return {"frames_per_s": (c1 - c0) / (t1 - t0), "dropped": snap["dropped"], "latency_ms": snap["latency"],
-            "classified": snap["classified"], "service_cpu_ms_per_frame": 1e3 * (cpu1 - cpu0) / n,
+            "classified": snap["classified"], "mean_batch": (c1 - c0) / max(b1 - b0, 1), "service_cpu_ms_per_frame": 1e3 * (cpu1 - cpu0) / n,
             "sender_cpu_ms_per_frame": None if sender0 is None or sender1 is None else 1e3 * (sender1 - sender0) / n}
 
 
@@ -256,6 +256,7 @@ def main(argv=None) -> int:
                "in_memory_frames_per_s": round(mem, 1),
                "in_memory_before_after": [round(mem_before, 1), round(mem_after, 1)],
                "saturated_frames_per_s": round(sat["frames_per_s"], 1), "saturated_dropped": sat["dropped"],
+               "mean_batch": {"saturated": round(sat["mean_batch"], 1), "paced": round(paced["mean_batch"], 1)},
                "ratio_to_in_memory": round(sat["frames_per_s"] / mem, 3),
                "paced_rate": round(args.load * sat["frames_per_s"], 1),
                "paced_frames_per_s": round(paced["frames_per_s"], 1), "paced_dropped": paced["dropped"],
