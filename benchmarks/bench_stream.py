@@ -27,6 +27,7 @@ Usage::
 
     python benchmarks/bench_stream.py                      # both sizes, int8, 8 s per phase
     python benchmarks/bench_stream.py --sizes 128 --seconds 5 --threads 2
+    python benchmarks/bench_stream.py --sizes 128 --workers 2       # 2 classifier workers x 1 torch thread
     python benchmarks/bench_stream.py --sizes 128 --components   # CPU us/frame of each step around the embedder
 """
 from __future__ import annotations
@@ -74,15 +75,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sender(path, endpoint, rate, per_msg, seconds, threads_env):
+def _messages_from_memory(path, per_msg):
+    """The file's messages read once, then repeated forever with increasing train ids."""
+    from speckle_embed.stream.replay_source import FileFrames
+
+    messages = [(pulses, x) for _train, pulses, x in FileFrames([path], frames_per_message=per_msg, repeat=1)]
+    train = 1
+    while True:
+        for pulses, x in messages:
+            yield train, pulses, x
+            train += 1
+
+
+def _sender(path, endpoint, rate, per_msg, seconds, threads_env, from_memory=False):
     os.environ.update(threads_env)
     from speckle_embed.stream.replay_sender import send_replay
     from speckle_embed.stream.replay_source import FileFrames
 
     stop = threading.Event()
     threading.Timer(seconds, stop.set).start()
-    send_replay(FileFrames([path], frames_per_message=per_msg, repeat=0), endpoint, rate_hz=rate, block=True,
-                stop=stop, hwm=16)
+    frames = _messages_from_memory(path, per_msg) if from_memory else \
+        FileFrames([path], frames_per_message=per_msg, repeat=0)
+    send_replay(frames, endpoint, rate_hz=rate, block=True, stop=stop, hwm=16)
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -107,10 +121,14 @@ def in_memory(clf, x, batch_size, seconds):
     return reps * len(x) / wall, 1e3 * cpu / (reps * len(x))
 
 
-def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale):
+def n_batches(svc) -> int:
+    return sum(w.batches for w in svc.workers)
+
+
+def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale, sender="file", workers=1):
     port = free_port()
     cfg = {"source": {"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}", "hwm": 16},
-           "assembly": {"detector": "none"}, "batch_size": batch_size, "max_wait_ms": 5,
+           "assembly": {"detector": "none"}, "batch_size": batch_size, "max_wait_ms": 5, "workers": workers,
            "queue": {"capacity_frames": max(4 * batch_size, 8 * per_msg), "policy": policy},
            "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
            "log": {"enabled": True, "flush_records": 8192, "flush_seconds": 2.0, "csv": True},
@@ -120,17 +138,18 @@ def run_phase(clf, path, size, per_msg, seconds, rate, policy, batch_size, scale
         clf.scale = scale
     svc = StreamService(cfg, classifier=clf).start()
     proc = mp.get_context("spawn").Process(target=_sender, args=(str(path), f"tcp://127.0.0.1:{port}", rate,
-                                                                 per_msg, seconds + 20, {"OMP_NUM_THREADS": "1"}))
+                                                                 per_msg, seconds + 20, {"OMP_NUM_THREADS": "1"},
+                                                                 sender == "memory"))
     proc.start()
     end = time.monotonic() + 60   # the sender process starts (imports) and the first batch is done
     while svc.counters.classified == 0 and time.monotonic() < end:
         time.sleep(0.05)
     time.sleep(1.0)
-    c0, t0, b0 = svc.counters.classified, time.perf_counter(), svc.worker.batches
+    c0, t0, b0 = svc.counters.classified, time.perf_counter(), n_batches(svc)
     svc.counters._lat[:] = np.nan   # latencies of the measured window only
     cpu0, sender0 = time.process_time(), process_cpu_s(proc.pid)
     time.sleep(seconds)
-    c1, t1, b1 = svc.counters.classified, time.perf_counter(), svc.worker.batches
+    c1, t1, b1 = svc.counters.classified, time.perf_counter(), n_batches(svc)
     cpu1, sender1 = time.process_time(), process_cpu_s(proc.pid)
     snap = svc.counters.snapshot()
     proc.terminate()
@@ -216,6 +235,13 @@ def main(argv=None) -> int:
     ap.add_argument("--load", type=float, default=0.8, help="paced rate as a fraction of the saturated one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sender", default="file", choices=["file", "memory"],
+                    help="file: the sender re-reads the CXI file for every message (a replay); memory: it reads "
+                         "the file once and repeats its messages (less sender CPU on the shared cores, closer to "
+                         "a facility sending from another host)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="classifier workers of the service (config key `workers`); each gets --threads / "
+                         "--workers torch threads, the in-memory reference keeps --threads in one loop")
     ap.add_argument("--components", action="store_true",
                     help="only print the CPU us/frame of each service step outside the embedder, then exit")
     args = ap.parse_args(argv)
@@ -226,6 +252,15 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    stream_threads = max(1, args.threads // args.workers)
+
+    def stream_phase(*a, **kw):   # the service's threads: --threads shared among --workers
+        torch.set_num_threads(stream_threads)
+        try:
+            return run_phase(*a, sender=args.sender, workers=args.workers, **kw)
+        finally:
+            torch.set_num_threads(args.threads)
+
     results = []
     for size in args.sizes:
         scale = size / 128 if size > 128 else None
@@ -245,14 +280,15 @@ def main(argv=None) -> int:
         load0 = os.getloadavg()[0]
         per_msg = args.frames_per_message if size <= 256 else 4
         mem_before, cpu_mem = in_memory(clf, x, bs, args.seconds / 2)   # the classifier itself ...
-        sat = run_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, 0, "block", bs, scale)
+        sat = stream_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, 0, "block", bs, scale)
         mem_after, cpu_mem_after = in_memory(clf, x, bs, args.seconds / 2)   # ... on both sides of the stream
         mem = (mem_before + mem_after) / 2
         if sat["frames_per_s"] <= 0:
             raise SystemExit(f"{size}: nothing classified in the saturated window; use a longer --seconds")
-        paced = run_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, args.load * sat["frames_per_s"],
-                          "drop_oldest", bs, scale)
-        row = {"size": size, "precision": args.precision, "threads": args.threads,
+        paced = stream_phase(clf, tmp / "frames.cxi", size, per_msg, args.seconds, args.load * sat["frames_per_s"],
+                             "drop_oldest", bs, scale)
+        row = {"size": size, "precision": args.precision, "threads": args.threads, "workers": args.workers,
+               "threads_per_worker": stream_threads, "sender": args.sender,
                "in_memory_frames_per_s": round(mem, 1),
                "in_memory_before_after": [round(mem_before, 1), round(mem_after, 1)],
                "saturated_frames_per_s": round(sat["frames_per_s"], 1), "saturated_dropped": sat["dropped"],
