@@ -25,6 +25,7 @@ from stream_helpers import (
     wait_until,
 )
 
+from speckle_embed.stream.batch_order import BatchOrder
 from speckle_embed.stream.decision_log import DecisionLog, csv_rows, read_decision_log
 from speckle_embed.stream.openmp_pool import loaded_libgomps, release_openmp_pool
 from speckle_embed.stream.messages import (
@@ -190,6 +191,52 @@ def test_release_openmp_pool_ends_the_calling_threads_workers():
     assert seen["released"] >= 1 and not seen["alive"]
 
 
+def test_batch_order_emits_in_taken_order_runs_the_set_up_once_and_survives_a_failed_batch():
+    """Workers finishing out of order still emit batch k after batch k-1; batch 0's set-up runs once, first."""
+    events, emitted = [], []
+    lock = threading.Lock()
+
+    def set_up(packets):
+        time.sleep(0.05)
+        with lock:
+            events.append(("set_up", int(packets[0].train_id[0])))
+
+    order = BatchOrder(on_first_batch=set_up)
+    q = FrameQueue(100, "block")
+    n = 12
+    for t in range(n):
+        q.put(FramePacket(np.zeros((1, 2, 2)), t, [0], 0.0))
+    rng = np.random.default_rng(0)
+    delays = rng.uniform(0, 0.03, n)[::-1]          # later batches classify faster: out-of-order finishes
+
+    def worker():
+        while True:
+            k, packets = order.take(q, 1, 0.1, 0.0)
+            if not packets:
+                return
+            try:
+                order.before_classify(k, packets)
+                with lock:
+                    events.append(("classify", k))
+                time.sleep(delays[k])
+                order.classified(k)
+                order.wait_turn(k)
+                if k == 5:
+                    raise RuntimeError("batch 5 fails")   # its turn must still pass to batch 6
+                emitted.append((k, int(packets[0].train_id[0])))
+            except RuntimeError:
+                pass
+            finally:
+                order.done(k)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    [th.start() for th in threads]
+    [th.join(20) for th in threads]
+    assert not any(th.is_alive() for th in threads)
+    assert emitted == [(k, k) for k in range(n) if k != 5]       # numbers follow the queue; emitted in order
+    assert events[0] == ("set_up", 0) and sum(e[0] == "set_up" for e in events) == 1
+
+
 # ----------------------------------------------------------------------------- ZMQ source, PUB, log
 def test_zmq_stream_classifies_publishes_logs_and_skips_bad_frames(tmp_path, clf):
     port = free_port()
@@ -348,6 +395,43 @@ def test_replay_source_writes_bounded_singles_cxi(tmp_path, clf):
 
 
 # ----------------------------------------------------------------------------- full disk
+def test_two_workers_give_the_decisions_of_one_in_the_same_order(tmp_path, clf):
+    """workers=2: every frame classified once, decisions published and logged in arrival order, equal
+    to those of a single worker; the veto CXI gets the same frames."""
+    frames = np.concatenate([rings(30, 3), stripes(20, 3), rings(14, 4)])[np.random.default_rng(1).permutation(64)]
+    f = write_cxi(tmp_path / "run.cxi", frames)
+    out = {}
+    for workers in (1, 2):
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        cfg = base_cfg(d, {"kind": "replay", "inputs": [str(f)], "rate_hz": 0, "frames_per_message": 3},
+                       batch_size=5, workers=workers, singles={"enabled": True, "class_name": "single"})
+        svc = StreamService(cfg, classifier=clf)            # binds the PUB socket ...
+        sub = Subscriber(cfg["publish"]["endpoint"])
+        time.sleep(0.5)                                     # ... the subscription reaches it, then frames flow
+        svc.start()
+        t = threading.Thread(target=svc.wait, daemon=True)
+        t.start()
+        assert len(svc.workers) == workers
+        t.join(30)
+        s = svc.shutdown()
+        wait_until(lambda: sub.n() >= 64, 5)
+        sub.close()
+        logd = read_decision_log(s["log_dir"])
+        ids = list(zip(logd["train_id"].tolist(), logd["pulse_id"].tolist()))
+        pub_ids = [(t_, p_) for m in sub.messages for t_, p_ in zip(m["train_id"], m["pulse_id"])]
+        with h5py.File(s["singles_files"][0]) as h:
+            kept = h["/entry_1/data_1/data"][()]
+        out[workers] = (s, ids, logd["code"].tolist(), pub_ids, kept)
+        batches = [w.batches for w in svc.workers]
+    (s1, ids1, codes1, pub1, kept1), (s2, ids2, codes2, pub2, kept2) = out[1], out[2]
+    assert s1["classified"] == 64 and pub1 == ids1
+    assert s2["classified"] == 64 and s2["dropped"] == 0 and s2["error"] is None
+    assert ids2 == sorted(ids2) and len(set(ids2)) == 64 and ids2 == ids1 and pub2 == ids2
+    assert codes2 == codes1 and np.array_equal(kept2, kept1)
+    assert min(batches) > 0, f"one of the two workers classified nothing: {batches}"
+
+
 def test_full_disk_log_and_cxi_keep_classifying_and_leave_nothing_half_written(tmp_path, monkeypatch, caplog):
     import speckle_embed.stream.decision_log as dl
 
