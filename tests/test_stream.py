@@ -27,7 +27,6 @@ from stream_helpers import (
 
 from speckle_embed.stream.batch_order import BatchOrder
 from speckle_embed.stream.decision_log import DecisionLog, csv_rows, read_decision_log
-from speckle_embed.stream.openmp_pool import loaded_libgomps, release_openmp_pool
 from speckle_embed.stream.messages import (
     DECISIONS_SCHEMA,
     decode_decisions,
@@ -162,33 +161,6 @@ def test_csv_rows_equal_the_per_value_formatting():
                      for i in range(n))
     assert csv_rows(cols, k) == oracle.encode()
     assert csv_rows({c: v[:0] for c, v in cols.items()}, k) == b""
-
-
-@pytest.mark.skipif(not loaded_libgomps(), reason="torch runs on another OpenMP runtime than libgomp here")
-def test_release_openmp_pool_ends_the_calling_threads_workers():
-    """The service frees its starting thread's OpenMP pool, so the classifier's pool is the only one."""
-    import torch
-
-    tasks = lambda: set(os.listdir("/proc/self/task"))
-    before_threads = torch.get_num_threads()
-    seen = {}
-
-    def in_a_thread():   # a thread of its own: the pytest thread's pool stays as it is
-        start = tasks()
-        torch.randn(4_000_000).exp_()          # a parallel region: the pool's workers start
-        seen["workers"] = tasks() - start
-        seen["released"] = release_openmp_pool()
-        seen["alive"] = wait_until(lambda: not (seen["workers"] & tasks()), 5.0) is False
-
-    torch.set_num_threads(2)
-    try:
-        th = threading.Thread(target=in_a_thread)
-        th.start()
-        th.join(30)
-    finally:
-        torch.set_num_threads(before_threads)
-    assert seen["workers"], "torch started no OpenMP worker with 2 threads"
-    assert seen["released"] >= 1 and not seen["alive"]
 
 
 def test_batch_order_emits_in_taken_order_runs_the_set_up_once_and_survives_a_failed_batch():

@@ -22,7 +22,6 @@ from speckle_embed.stream.batch_order import BatchOrder
 from speckle_embed.stream.counters import StreamCounters
 from speckle_embed.stream.decision_log import DecisionLog
 from speckle_embed.stream.monitor import MonitorServer, frame_png
-from speckle_embed.stream.openmp_pool import release_openmp_pool
 from speckle_embed.stream.publisher import DecisionPublisher
 from speckle_embed.stream.queue import FrameQueue
 from speckle_embed.stream.singles_cxi import SinglesWriter
@@ -262,15 +261,9 @@ class StreamService:
 
     # ------------------------------------------------------------------ running
     def start(self) -> StreamService:
-        """Start the monitor, the classifier and the source threads.
-
-        The calling thread's OpenMP pool (left by building the classifier here) is released first,
-        so that the classifier thread's pool is the only one and stays unthrottled
-        (:mod:`speckle_embed.stream.openmp_pool`).
-        """
+        """Start the monitor, the classifier worker(s) and the source threads."""
         if self.monitor is not None:
             self.monitor.start()
-        release_openmp_pool()
         for w in self.workers:
             w.start()
         self.runner.start()
