@@ -11,12 +11,13 @@ log. For each frame size (128 x 128, and 1024 x 1024 "assembled" frames read wit
 2. ``paced``: the sender paced at ``--load`` x that rate with the ``drop_oldest`` policy: frames
    dropped (should be 0) and the latency receipt -> published decision (p50/p99);
 3. ``in-memory``: ``FewShotClassifier.classify`` on the same frames already in memory, batch
-   ``--batch-size`` (the embedder's own throughput), measured just before and just after the
+   ``--batch-size``, ``--threads`` torch threads in one loop (the embedder's own throughput), measured just before and just after the
    saturated phase (``--seconds`` / 2 each, their mean is the reference): the ratio
    saturated / in-memory says what I/O costs. On a shared machine the load can change between
    phases; bracketing the stream phase by two in-memory ones shows that (both are reported).
 
-It also reports the CPU time per frame (user + system, all threads) of the in-memory loop, of the
+The service runs ``--workers`` classifier threads with ``--threads // --workers`` torch threads
+each (``workers`` in the stream config). It also reports the CPU time per frame (user + system, all threads) of the in-memory loop, of the
 service process during the saturated window and of the sender process (Linux ``/proc``), which
 says where CPU goes independently of what else runs on the machine.
 
@@ -27,7 +28,7 @@ Usage::
 
     python benchmarks/bench_stream.py                      # both sizes, int8, 8 s per phase
     python benchmarks/bench_stream.py --sizes 128 --seconds 5 --threads 2
-    python benchmarks/bench_stream.py --sizes 128 --workers 2       # 2 classifier workers x 1 torch thread
+    python benchmarks/bench_stream.py --sizes 128 --workers 2 --batch-size 128   # 2 workers x 1 torch thread
     python benchmarks/bench_stream.py --sizes 128 --components   # CPU us/frame of each step around the embedder
 """
 from __future__ import annotations

@@ -119,6 +119,21 @@ def test_frames_message_round_trip_and_malformed_messages():
         assert e.value.reason == reason, (reason, e.value)
 
 
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<f4", ">f4"])
+def test_frames_of_any_byte_order_decode_without_copy_and_classify_alike(dtype, clf):
+    """A frames message is read in place (a view on the ZMQ buffer); big-endian uint16/float32
+    frames give the values, and the decisions, of little-endian ones."""
+    x = rings(3).astype(dtype)
+    head, data = encode_frames(x, 7)
+    buf = bytearray(bytes(data))
+    p = decode_frames([head, buf])
+    assert p.frames.dtype == np.dtype(dtype) and np.array_equal(p.frames, x)
+    assert np.shares_memory(p.frames, np.frombuffer(buf, np.uint8))       # no copy of the pixels
+    ref = clf.classify(rings(3).astype(dtype.replace(">", "<")))
+    got = clf.classify(p.frames)
+    assert np.array_equal(got.codes, ref.codes) and np.array_equal(got.distances, ref.distances)
+
+
 def test_queue_drop_oldest_and_block():
     pk = lambda n, t: FramePacket(np.zeros((n, 2, 2)), t, np.arange(n), 0.0)
     dropped = []
