@@ -25,7 +25,8 @@ from stream_helpers import (
     wait_until,
 )
 
-from speckle_embed.stream.decision_log import DecisionLog, read_decision_log
+from speckle_embed.stream.batch_order import BatchOrder
+from speckle_embed.stream.decision_log import DecisionLog, csv_rows, read_decision_log
 from speckle_embed.stream.messages import (
     DECISIONS_SCHEMA,
     decode_decisions,
@@ -118,6 +119,21 @@ def test_frames_message_round_trip_and_malformed_messages():
         assert e.value.reason == reason, (reason, e.value)
 
 
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<f4", ">f4"])
+def test_frames_of_any_byte_order_decode_without_copy_and_classify_alike(dtype, clf):
+    """A frames message is read in place (a view on the ZMQ buffer); big-endian uint16/float32
+    frames give the values, and the decisions, of little-endian ones."""
+    x = rings(3).astype(dtype)
+    head, data = encode_frames(x, 7)
+    buf = bytearray(bytes(data))
+    p = decode_frames([head, buf])
+    assert p.frames.dtype == np.dtype(dtype) and np.array_equal(p.frames, x)
+    assert np.shares_memory(p.frames, np.frombuffer(buf, np.uint8))       # no copy of the pixels
+    ref = clf.classify(rings(3).astype(dtype.replace(">", "<")))
+    got = clf.classify(p.frames)
+    assert np.array_equal(got.codes, ref.codes) and np.array_equal(got.distances, ref.distances)
+
+
 def test_queue_drop_oldest_and_block():
     pk = lambda n, t: FramePacket(np.zeros((n, 2, 2)), t, np.arange(n), 0.0)
     dropped = []
@@ -139,6 +155,73 @@ def test_queue_drop_oldest_and_block():
     assert len(qb.get_batch(4, 0.1)) == 1
     th.join(2)
     assert done == [True] and len(qb) == 2 and qb.dropped == 0   # ... and nothing is dropped
+
+
+def test_csv_rows_equal_the_per_value_formatting():
+    """The vectorised CSV chunk is byte for byte the per-value f-string formatting it replaced."""
+    rng = np.random.default_rng(3)
+    n, k = 50, 3
+    cols = {"train_id": rng.integers(0, 2**40, n), "pulse_id": rng.integers(0, 400, n).astype(np.int32),
+            "timestamp": np.where(rng.random(n) < 0.2, np.nan, 1.7e9 + rng.random(n)),
+            "code": rng.integers(-1, k, n), "label": np.array(["single", "no_hit", "unknown", "x"])[rng.integers(0, 4, n)],
+            "distances": (rng.standard_normal((n, k)) * 10.0 ** rng.integers(-8, 8, (n, k))).astype(np.float32),
+            "probabilities": rng.random((n, k)).astype(np.float32),
+            "margin": np.r_[rng.random(n - 2), -0.0, np.inf].astype(np.float32),
+            "latency_ms": (rng.random(n) * 1e3).astype(np.float32)}
+    oracle = "".join(",".join([str(int(cols["train_id"][i])), str(int(cols["pulse_id"][i])),
+                               f"{float(cols['timestamp'][i]):.6f}", str(cols["label"][i]), str(int(cols["code"][i]))]
+                              + [f"{v:.6g}" for v in cols["distances"][i]]
+                              + [f"{v:.6g}" for v in cols["probabilities"][i]]
+                              + [f"{float(cols['margin'][i]):.6g}", f"{float(cols['latency_ms'][i]):.3f}"]) + "\n"
+                     for i in range(n))
+    assert csv_rows(cols, k) == oracle.encode()
+    assert csv_rows({c: v[:0] for c, v in cols.items()}, k) == b""
+
+
+def test_batch_order_emits_in_taken_order_runs_the_set_up_once_and_survives_a_failed_batch():
+    """Workers finishing out of order still emit batch k after batch k-1; batch 0's set-up runs once, first."""
+    events, emitted = [], []
+    lock = threading.Lock()
+
+    def set_up(packets):
+        time.sleep(0.05)
+        with lock:
+            events.append(("set_up", int(packets[0].train_id[0])))
+
+    order = BatchOrder(on_first_batch=set_up)
+    q = FrameQueue(100, "block")
+    n = 12
+    for t in range(n):
+        q.put(FramePacket(np.zeros((1, 2, 2)), t, [0], 0.0))
+    rng = np.random.default_rng(0)
+    delays = rng.uniform(0, 0.03, n)[::-1]          # later batches classify faster: out-of-order finishes
+
+    def worker():
+        while True:
+            k, packets = order.take(q, 1, 0.1, 0.0)
+            if not packets:
+                return
+            try:
+                order.before_classify(k, packets)
+                with lock:
+                    events.append(("classify", k))
+                time.sleep(delays[k])
+                order.classified(k)
+                order.wait_turn(k)
+                if k == 5:
+                    raise RuntimeError("batch 5 fails")   # its turn must still pass to batch 6
+                emitted.append((k, int(packets[0].train_id[0])))
+            except RuntimeError:
+                pass
+            finally:
+                order.done(k)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    [th.start() for th in threads]
+    [th.join(20) for th in threads]
+    assert not any(th.is_alive() for th in threads)
+    assert emitted == [(k, k) for k in range(n) if k != 5]       # numbers follow the queue; emitted in order
+    assert events[0] == ("set_up", 0) and sum(e[0] == "set_up" for e in events) == 1
 
 
 # ----------------------------------------------------------------------------- ZMQ source, PUB, log
@@ -299,6 +382,43 @@ def test_replay_source_writes_bounded_singles_cxi(tmp_path, clf):
 
 
 # ----------------------------------------------------------------------------- full disk
+def test_two_workers_give_the_decisions_of_one_in_the_same_order(tmp_path, clf):
+    """workers=2: every frame classified once, decisions published and logged in arrival order, equal
+    to those of a single worker; the veto CXI gets the same frames."""
+    frames = np.concatenate([rings(30, 3), stripes(20, 3), rings(14, 4)])[np.random.default_rng(1).permutation(64)]
+    f = write_cxi(tmp_path / "run.cxi", frames)
+    out = {}
+    for workers in (1, 2):
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        cfg = base_cfg(d, {"kind": "replay", "inputs": [str(f)], "rate_hz": 0, "frames_per_message": 3},
+                       batch_size=5, workers=workers, singles={"enabled": True, "class_name": "single"})
+        svc = StreamService(cfg, classifier=clf)            # binds the PUB socket ...
+        sub = Subscriber(cfg["publish"]["endpoint"])
+        time.sleep(0.5)                                     # ... the subscription reaches it, then frames flow
+        svc.start()
+        t = threading.Thread(target=svc.wait, daemon=True)
+        t.start()
+        assert len(svc.workers) == workers
+        t.join(30)
+        s = svc.shutdown()
+        wait_until(lambda: sub.n() >= 64, 5)
+        sub.close()
+        logd = read_decision_log(s["log_dir"])
+        ids = list(zip(logd["train_id"].tolist(), logd["pulse_id"].tolist()))
+        pub_ids = [(t_, p_) for m in sub.messages for t_, p_ in zip(m["train_id"], m["pulse_id"])]
+        with h5py.File(s["singles_files"][0]) as h:
+            kept = h["/entry_1/data_1/data"][()]
+        out[workers] = (s, ids, logd["code"].tolist(), pub_ids, kept)
+        batches = [w.batches for w in svc.workers]
+    (s1, ids1, codes1, pub1, kept1), (s2, ids2, codes2, pub2, kept2) = out[1], out[2]
+    assert s1["classified"] == 64 and pub1 == ids1
+    assert s2["classified"] == 64 and s2["dropped"] == 0 and s2["error"] is None
+    assert ids2 == sorted(ids2) and len(set(ids2)) == 64 and ids2 == ids1 and pub2 == ids2
+    assert codes2 == codes1 and np.array_equal(kept2, kept1)
+    assert min(batches) > 0, f"one of the two workers classified nothing: {batches}"
+
+
 def test_full_disk_log_and_cxi_keep_classifying_and_leave_nothing_half_written(tmp_path, monkeypatch, caplog):
     import speckle_embed.stream.decision_log as dl
 

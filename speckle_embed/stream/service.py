@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from speckle_embed.stream.batch_order import BatchOrder
 from speckle_embed.stream.counters import StreamCounters
 from speckle_embed.stream.decision_log import DecisionLog
 from speckle_embed.stream.monitor import MonitorServer, frame_png
@@ -178,11 +179,19 @@ class StreamService:
         self.singles_cfg = cfg.get("singles", {}) or {}
         self.singles = None   # created at the first frame (needs its shape and dtype)
         self.veto_class = str(self.singles_cfg.get("class_name", "single"))
-        self.worker = ClassifierWorker(self.clf, self.queue, self.counters, self.stop, self.source_done,
-                                       publisher=self.publisher, decision_log=self.decision_log, singles=None,
-                                       veto_class=self.veto_class, batch_size=int(cfg.get("batch_size", 256)),
-                                       max_wait_s=float(cfg.get("max_wait_ms", 20)) / 1e3, mask=mask)
-        self._wrap_first_batch()
+        n_workers = 1 if cfg.get("workers") is None else int(cfg["workers"])
+        if n_workers < 1:
+            raise ValueError(f"workers must be >= 1; got {cfg.get('workers')!r}")
+        self._first_done = False
+        self.order = BatchOrder(on_first_batch=self._first_batch)
+        latest, latest_lock = {}, threading.Lock()
+        self.workers = [ClassifierWorker(self.clf, self.queue, self.counters, self.stop, self.source_done,
+                                         publisher=self.publisher, decision_log=self.decision_log, singles=None,
+                                         veto_class=self.veto_class, batch_size=int(cfg.get("batch_size", 256)),
+                                         max_wait_s=float(cfg.get("max_wait_ms", 20)) / 1e3, mask=mask,
+                                         order=self.order, latest=latest, latest_lock=latest_lock,
+                                         name=f"classifier-{i}")
+                        for i in range(n_workers)]
         mcfg = cfg.get("monitor", {}) or {}
         self.monitor = MonitorServer(self.state, mcfg.get("host", "127.0.0.1"), int(mcfg.get("port", 8050)),
                                      float(mcfg.get("interval_s", 0.5))) if mcfg.get("enabled", True) else None
@@ -190,31 +199,32 @@ class StreamService:
         self._support_pngs = None
 
     # ------------------------------------------------------------------ first batch: int8, CXI writer
-    def _wrap_first_batch(self) -> None:
-        process = self.worker.process
-        done = []
+    @property
+    def worker(self) -> ClassifierWorker:
+        """The first classifier worker (all of them: :attr:`workers`)."""
+        return self.workers[0]
 
-        def first(packets):
-            if not done:
-                x = packets[0].frames
-                if self.cfg.get("precision", "float32") == "int8":
-                    self._calibrate_int8(np.concatenate([p.frames for p in packets]))
-                if self.singles_cfg.get("enabled", False):
-                    self.singles = SinglesWriter(
-                        self.output_dir / self.singles_cfg.get("directory", "singles"), x.shape[1:], x.dtype,
-                        self.classes, max_file_bytes=int(float(self.singles_cfg.get("max_file_bytes", 1 << 30))),
-                        mask=self.mask, compression=self.singles_cfg.get("compression"),
-                        retry_s=float(self.singles_cfg.get("retry_s", 10.0)),
-                        reserve_bytes=int(float(self.singles_cfg.get("reserve_bytes", 64 << 20))),
-                        attrs={"class_name": self.veto_class,
-                               "checkpoint_hash": str(self.clf.checkpoint_hash_ or ""),
-                               "classifier": str(self.cfg.get("classifier") or self.cfg.get("supports") or "")},
-                        on_error=lambda: self.counters.add_write_error("singles"))
-                    self.worker.singles = self.singles
-                done.append(True)
-            process(packets)
-
-        self.worker.process = first
+    def _first_batch(self, packets) -> None:
+        """Once, before the first classification: int8 calibration and the CXI writer (frame shape, dtype)."""
+        if self._first_done:
+            return
+        x = packets[0].frames
+        if self.cfg.get("precision", "float32") == "int8":
+            self._calibrate_int8(np.concatenate([p.frames for p in packets]))
+        if self.singles_cfg.get("enabled", False):
+            self.singles = SinglesWriter(
+                self.output_dir / self.singles_cfg.get("directory", "singles"), x.shape[1:], x.dtype,
+                self.classes, max_file_bytes=int(float(self.singles_cfg.get("max_file_bytes", 1 << 30))),
+                mask=self.mask, compression=self.singles_cfg.get("compression"),
+                retry_s=float(self.singles_cfg.get("retry_s", 10.0)),
+                reserve_bytes=int(float(self.singles_cfg.get("reserve_bytes", 64 << 20))),
+                attrs={"class_name": self.veto_class,
+                       "checkpoint_hash": str(self.clf.checkpoint_hash_ or ""),
+                       "classifier": str(self.cfg.get("classifier") or self.cfg.get("supports") or "")},
+                on_error=lambda: self.counters.add_write_error("singles"))
+            for w in self.workers:
+                w.singles = self.singles
+        self._first_done = True
 
     def _calibrate_int8(self, first_frames: np.ndarray) -> None:
         emb = self.clf.embedder
@@ -230,7 +240,7 @@ class StreamService:
     def state(self) -> dict:
         snap = self.counters.snapshot()
         latest = []
-        with self.worker.latest_lock:
+        with self.worker.latest_lock:   # shared by all workers
             items = dict(self.worker.latest)
         for cls, (frame, ident) in sorted(items.items()):
             cached = self._png_cache.get(cls)
@@ -251,9 +261,11 @@ class StreamService:
 
     # ------------------------------------------------------------------ running
     def start(self) -> StreamService:
+        """Start the monitor, the classifier worker(s) and the source threads."""
         if self.monitor is not None:
             self.monitor.start()
-        self.worker.start()
+        for w in self.workers:
+            w.start()
         self.runner.start()
         return self
 
@@ -272,7 +284,8 @@ class StreamService:
             self.stop.wait(0.05)
             if self.runner.exhausted.is_set() and self.cfg.get("stop_when_source_ends", True):
                 self.source_done.set()
-            if not self.worker.is_alive() or (self.runner.error is not None):
+            if self._worker_error() is not None or not any(w.is_alive() for w in self.workers) \
+                    or self.runner.error is not None:
                 break
             if max_s is not None and time.monotonic() - t0 >= float(max_s):
                 break
@@ -282,12 +295,16 @@ class StreamService:
                 self.publisher.publish_status(self.counters.snapshot())
                 next_status = time.monotonic() + status_every
 
+    def _worker_error(self) -> BaseException | None:
+        return next((w.error for w in self.workers if w.error is not None), None)
+
     def shutdown(self, timeout: float = 60.0) -> dict:
         """Stop the source, let the worker finish its batch, flush and close every output."""
         self.source_done.set()
         self.stop.set()
         self.runner.join(timeout)
-        self.worker.join(timeout)
+        for w in self.workers:
+            w.join(timeout)
         left = self.queue.clear()
         if left:
             log.warning("shutdown: %d queued frames were not classified (counted as dropped)", left)
@@ -305,8 +322,8 @@ class StreamService:
         summary = self.counters.snapshot()
         summary["log_dir"] = str(self.decision_log.dir) if self.decision_log is not None else None
         summary["singles_files"] = [str(p) for p in self.singles.files] if self.singles is not None else []
-        summary["error"] = repr(self.worker.error or self.runner.error) \
-            if (self.worker.error or self.runner.error) else None
+        error = self._worker_error() or self.runner.error
+        summary["error"] = repr(error) if error else None
         self.output_dir.mkdir(parents=True, exist_ok=True)
         from speckle_embed.atomic import write_bytes_atomically
 
@@ -319,10 +336,13 @@ def run_stream(cfg: Mapping[str, Any], *, install_signals: bool = True) -> dict:
 
     SIGINT and SIGTERM end it cleanly (in the main thread only: Python delivers signals there).
     """
-    if cfg.get("threads"):
-        import torch
+    import torch  # the service's classifier runs on it; imported here only to set its threads
 
+    workers = 1 if cfg.get("workers") is None else max(1, int(cfg["workers"]))
+    if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    elif workers > 1:   # the cores are shared among the workers
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     svc = StreamService(cfg)
     old = {}
     if install_signals and threading.current_thread() is threading.main_thread():

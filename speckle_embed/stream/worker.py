@@ -3,6 +3,9 @@
 For each batch it publishes the decisions first (the latency clock stops there), then appends
 them to the decision log and writes the frames of the veto class to the CXI output. Frames the
 embedder refuses (no finite pixel in its field of view) are counted as malformed and skipped.
+Several workers may share one queue (``workers`` in the config): each classifies its own batch,
+and a shared :class:`~speckle_embed.stream.batch_order.BatchOrder` makes them emit in the order
+the batches were taken, one at a time.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import time
 
 import numpy as np
 
+from speckle_embed.stream.batch_order import BatchOrder
 from speckle_embed.stream.counters import StreamCounters
 from speckle_embed.stream.messages import encode_decisions
 from speckle_embed.stream.packet import FramePacket, frame_id
@@ -51,12 +55,19 @@ class ClassifierWorker(threading.Thread):
         How long a batch may wait to fill after its first frame.
     mask : ndarray (H, W), optional
         Static bad-pixel mask (assembly gaps, calibration mask).
+    order : BatchOrder, optional
+        Shared by all workers of a service (default: one of its own).
+    latest, latest_lock : dict, threading.Lock, optional
+        Shared ``class -> (frame, id)`` of the latest frame per class, for the monitor.
+    name : str
     """
 
     def __init__(self, classifier, queue: FrameQueue, counters: StreamCounters, stop: threading.Event,
                  source_done: threading.Event, *, publisher=None, decision_log=None, singles=None,
-                 veto_class: str = "single", batch_size: int = 256, max_wait_s: float = 0.02, mask=None):
-        super().__init__(name="classifier", daemon=True)
+                 veto_class: str = "single", batch_size: int = 256, max_wait_s: float = 0.02, mask=None,
+                 order: BatchOrder | None = None, latest: dict | None = None, latest_lock=None,
+                 name: str = "classifier"):
+        super().__init__(name=name, daemon=True)
         self.clf, self.queue, self.counters = classifier, queue, counters
         self.stop, self.source_done = stop, source_done
         self.publisher, self.decision_log, self.singles = publisher, decision_log, singles
@@ -64,8 +75,9 @@ class ClassifierWorker(threading.Thread):
         self.batch_size, self.max_wait_s = int(batch_size), float(max_wait_s)
         self.mask = mask
         self.classes = [str(c) for c in classifier.classes_]
-        self.latest: dict[str, tuple[np.ndarray, str]] = {}   # class -> (frame, id) for the monitor
-        self.latest_lock = threading.Lock()
+        self.order = order if order is not None else BatchOrder()
+        self.latest: dict[str, tuple[np.ndarray, str]] = {} if latest is None else latest   # class -> (frame, id)
+        self.latest_lock = latest_lock if latest_lock is not None else threading.Lock()
         self.error: BaseException | None = None
         self.batches = 0
         self._warn = RateLimitedLog()
@@ -73,9 +85,12 @@ class ClassifierWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop.is_set():
-                packets = self.queue.get_batch(self.batch_size, timeout=0.1, max_wait=self.max_wait_s)
+                k, packets = self.order.take(self.queue, self.batch_size, 0.1, self.max_wait_s)
                 if packets:
-                    self.process(packets)
+                    try:
+                        self.process(packets, k)
+                    finally:
+                        self.order.done(k)
                 elif self.source_done.is_set() and len(self.queue) == 0:
                     return
         except BaseException as exc:
@@ -114,7 +129,18 @@ class ClassifierWorker(threading.Thread):
             cat = [np.concatenate([getattr(r, f) for r in results]) for f in ("labels", "codes", "distances", "proba")]
             return type(results[0])(*cat), np.asarray(keep)
 
-    def process(self, packets: list[FramePacket]) -> None:
+    def process(self, packets: list[FramePacket], k: int = 0) -> None:
+        """Classify batch number ``k`` and, in its turn (:class:`BatchOrder`), emit its decisions."""
+        try:
+            self.order.before_classify(k, packets)
+            batch = self._classify_batch(packets)
+        finally:
+            self.order.classified(k)
+        self.order.wait_turn(k)
+        if batch is not None:
+            self._emit(*batch)
+
+    def _classify_batch(self, packets: list[FramePacket]):
         frames = packets[0].frames if len(packets) == 1 else np.concatenate([p.frames for p in packets])
         train = np.concatenate([p.train_id for p in packets])
         pulse = np.concatenate([p.pulse_id for p in packets])
@@ -123,9 +149,12 @@ class ClassifierWorker(threading.Thread):
         mask = self._masks(packets, frames.shape[1:])
         res, keep = self._classify(frames, mask, _LazyIds(train, pulse))
         if res is None:
-            return
+            return None
         if len(keep) != len(frames):
             frames, train, pulse, stamp, recv = (a[keep] for a in (frames, train, pulse, stamp, recv))
+        return res, frames, train, pulse, stamp, recv
+
+    def _emit(self, res, frames, train, pulse, stamp, recv) -> None:
         labels = np.array([str(v) for v in res.labels])
         margins = decision_margin(res.proba)
         latency = (time.perf_counter_ns() - recv) / 1e9
