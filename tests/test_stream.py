@@ -35,7 +35,7 @@ from speckle_embed.stream.messages import (
 )
 from speckle_embed.stream.packet import FramePacket, MalformedMessage
 from speckle_embed.stream.queue import FrameQueue
-from speckle_embed.stream.service import StreamService
+from speckle_embed.stream.service import StreamService, run_stream
 from speckle_embed.stream.singles_cxi import SinglesWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -417,6 +417,27 @@ def test_two_workers_give_the_decisions_of_one_in_the_same_order(tmp_path, clf):
     assert ids2 == sorted(ids2) and len(set(ids2)) == 64 and ids2 == ids1 and pub2 == ids2
     assert codes2 == codes1 and np.array_equal(kept2, kept1)
     assert min(batches) > 0, f"one of the two workers classified nothing: {batches}"
+
+
+def test_run_stream_with_two_workers_splits_the_threads_and_calibrates_int8_once(tmp_path, clf_dir, monkeypatch):
+    import torch
+
+    threads, calibrations = [], []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)        # record, leave the process as it is
+    real = StreamService._calibrate_int8
+    monkeypatch.setattr(StreamService, "_calibrate_int8",
+                        lambda self, x: (calibrations.append(len(x)), real(self, x))[1])
+    f = write_cxi(tmp_path / "run.cxi", np.concatenate([rings(20, 5), stripes(20, 5)]))
+    cfg = base_cfg(tmp_path, {"kind": "replay", "inputs": [str(f)], "rate_hz": 0, "frames_per_message": 4},
+                   classifier=str(clf_dir), workers=2, precision="int8", batch_size=8, threads=None,
+                   int8_calibration_frames=8)
+    summary = run_stream(cfg, install_signals=False)
+    assert threads == [2]                                   # 4 torch threads shared by 2 workers
+    assert calibrations == [8] and summary["error"] is None  # the first batch only, before any other
+    assert summary["classified"] == 40 and summary["dropped"] == 0
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        StreamService({**cfg, "workers": 0}, classifier=small_classifier())
 
 
 def test_full_disk_log_and_cxi_keep_classifying_and_leave_nothing_half_written(tmp_path, monkeypatch, caplog):

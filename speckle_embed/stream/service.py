@@ -139,6 +139,9 @@ class StreamService:
 
     def __init__(self, cfg: Mapping[str, Any], *, classifier=None, supports=(None, None)):
         self.cfg = cfg
+        n_workers = 1 if cfg.get("workers") is None else int(cfg["workers"])
+        if n_workers < 1:   # checked before any socket is opened
+            raise ValueError(f"workers must be >= 1; got {cfg.get('workers')!r}")
         if classifier is None:
             classifier, supports = build_classifier(cfg)
         self.clf, self.supports = classifier, supports
@@ -179,9 +182,6 @@ class StreamService:
         self.singles_cfg = cfg.get("singles", {}) or {}
         self.singles = None   # created at the first frame (needs its shape and dtype)
         self.veto_class = str(self.singles_cfg.get("class_name", "single"))
-        n_workers = 1 if cfg.get("workers") is None else int(cfg["workers"])
-        if n_workers < 1:
-            raise ValueError(f"workers must be >= 1; got {cfg.get('workers')!r}")
         self._first_done = False
         self.order = BatchOrder(on_first_batch=self._first_batch)
         latest, latest_lock = {}, threading.Lock()
