@@ -60,6 +60,7 @@ from speckle_embed.evaluation.baselines import baseline_features, baseline_predi
 from speckle_embed.fewshot.episodes import (
     Episode,
     episode_distances,
+    support_distances,
     evaluate_predictions,
     sample_episodes,
 )
@@ -68,7 +69,6 @@ from speckle_embed.evaluation.labelled import (
     LabelledSet,
     load_labelled_sets,
 )
-from speckle_embed.fewshot.index import SupportIndex
 from speckle_embed.fewshot.rules import get_rule, logistic
 from speckle_embed.inference.views import embed_views, view_indices
 
@@ -405,7 +405,6 @@ def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapp
     supports and queries. The beam centre is resolved once per file (``embed_kwargs["center"]``,
     ``"auto"`` on the whole file); each fine-tuning's log (steps, seconds) is appended to ``log``. With
     ``rule="logistic"`` the tuned embeddings of the supports' views train it (``support_views``)."""
-    fn = get_rule(rule)
     offsets = np.cumsum([0] + [len(s) for s in sets])
     centers: dict[int, Any] = {}
 
@@ -421,10 +420,7 @@ def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapp
         zs, vs = _embed(tuned, [LabelledSet("supports", support, ep.support_labels, mask=s.mask)], kw, rule,
                         support_views)
         zq = np.ascontiguousarray(tuned.embed(query, s.mask, **kw), dtype=np.float32)
-        index = SupportIndex(zs.shape[1], use_gpu=False)
-        index.add(zs, ep.support_labels)
-        extra = {} if vs is None else {"training": (vs.reshape(-1, vs.shape[-1]), np.repeat(ep.support_labels, vs.shape[1]))}
-        return fn(index, zq, n_classes=ep.n_way, **extra).argmin(axis=1)
+        return support_distances(zs, ep.support_labels, zq, ep.n_way, rule, views=vs).argmin(axis=1)
     return predict
 
 
@@ -597,10 +593,11 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     missing = [d.name for d in domains if d.name not in sets]
     if missing:
         raise ValueError(f"no sets given for domains {missing}")
+    view_indices(support_views)  # an unknown view group fails before any work
     kw = {"k_shots": [int(k) for k in k_shots], "n_query": int(n_query), "n_tasks": int(n_tasks),
           "seed": int(seed), "rule": rule, "classes": tuple(classes), "baselines": baselines, "adapt": adapt,
           "finetune": finetune, "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
-          "progress": progress, "support_views": view_indices(support_views) and support_views}
+          "progress": progress, "support_views": support_views}
     rows = [_evaluate_domain(d, sets[d.name], i, embedders, **kw) for i, d in enumerate(domains)]
     ref = None
     if reference is not None:

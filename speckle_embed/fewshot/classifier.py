@@ -30,7 +30,7 @@ from speckle_embed.adaptation import adapt_embedder, adapt_prototypes, parse_ada
 from speckle_embed.estimator import FrameClassifier, NotFittedError
 from speckle_embed.fewshot.index import SupportIndex
 from speckle_embed.fewshot.labels import as_label_list, label_kind, labels_array
-from speckle_embed.fewshot.linear import fit_logistic, logistic, logistic_distances
+from speckle_embed.fewshot.linear import fit_logistic, logistic, logistic_distances, view_rows
 from speckle_embed.fewshot.persistence import (
     CLASSIFIER_FORMAT,
     ClassifierFileError,
@@ -440,8 +440,7 @@ class FewShotClassifier(FrameClassifier):
         labels = self.index_.labels_
         if views is None or views.shape[0] != labels.shape[0]:
             return self.index_.get_embeddings(), labels
-        n, v, d = views.shape
-        return views.reshape(n * v, d), np.repeat(labels, v)
+        return view_rows(views, labels)
 
     def _codes(self, dist: np.ndarray) -> np.ndarray:
         codes = dist.argmin(axis=1).astype(np.int64)

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from speckle_embed.fewshot.index import SupportIndex
+from speckle_embed.fewshot.linear import view_rows
 from speckle_embed.fewshot.rules import get_rule, logistic
 from speckle_embed.formats import HIT_CLASSES
 
-__all__ = ["Episode", "sample_episodes", "evaluate_episodes", "episode_distances", "evaluate_predictions", "HIT_CLASSES", "POSITIVE_CLASS"]
+__all__ = ["Episode", "sample_episodes", "evaluate_episodes", "episode_distances", "support_distances", "evaluate_predictions", "HIT_CLASSES", "POSITIVE_CLASS"]
 
 #: Hit class that F1 treats as positive.
 POSITIVE_CLASS = 1
@@ -220,13 +221,21 @@ def episode_distances(embeddings: np.ndarray, ep: Episode, rule: Any = "mean_dis
     **rule_kwargs
         Passed to the rule.
     """
+    views = None if support_views is None else support_views[ep.support_idx]
+    return support_distances(embeddings[ep.support_idx], ep.support_labels, embeddings[ep.query_idx], ep.n_way,
+                             rule, views=views, **rule_kwargs)
+
+
+def support_distances(support: np.ndarray, support_labels: np.ndarray, queries: np.ndarray, n_way: int,
+                      rule: Any = "mean_distance", *, views: np.ndarray | None = None, **rule_kwargs: Any) -> np.ndarray:
+    """The rule's distances ``(m, n_way)`` of ``queries`` (m, d) to ``support`` (k, d) with labels
+    ``0 .. n_way-1``; ``views`` (k, n_views, d), if given, train ``rule="logistic"``."""
     fn = get_rule(rule)
-    index = SupportIndex(embeddings.shape[1], use_gpu=False)
-    index.add(embeddings[ep.support_idx], ep.support_labels)
-    if fn is logistic and support_views is not None:
-        v = support_views[ep.support_idx]
-        rule_kwargs = {**rule_kwargs, "training": (v.reshape(-1, v.shape[-1]), np.repeat(ep.support_labels, v.shape[1]))}
-    return fn(index, embeddings[ep.query_idx], n_classes=ep.n_way, **rule_kwargs)
+    index = SupportIndex(support.shape[1], use_gpu=False)
+    index.add(support, support_labels)
+    if fn is logistic and views is not None:
+        rule_kwargs = {**rule_kwargs, "training": view_rows(views, support_labels)}
+    return fn(index, queries, n_classes=n_way, **rule_kwargs)
 
 
 def evaluate_predictions(predict: Callable[[Episode], np.ndarray], episodes: Sequence[Episode], *,

@@ -35,7 +35,7 @@ import numpy as np
 
 from speckle_embed.fewshot.index import SupportIndex, _check_int_vector, _check_matrix
 
-__all__ = ["LOGISTIC_C", "fit_logistic", "logistic_distances", "logistic"]
+__all__ = ["LOGISTIC_C", "fit_logistic", "logistic_distances", "logistic", "view_rows"]
 
 #: Inverse L2 regularisation strength of the logistic rule (scikit-learn's ``C``); see the
 #: module docstring for how it was chosen.
@@ -87,6 +87,13 @@ def fit_logistic(embeddings: Any, labels: Any, n_classes: int, *, C: float = LOG
     if n_classes == 1:
         return 0
     return LogisticRegression(C=float(C), max_iter=_MAX_ITER).fit(x, y)
+
+
+def view_rows(views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows of the rule from support views: ``views`` (n, n_views, d) and their supports'
+    ``labels`` (n,) -> embeddings (n * n_views, d) and one label per row."""
+    n, v, d = views.shape
+    return views.reshape(n * v, d), np.repeat(np.asarray(labels), v)
 
 
 def logistic_distances(model, queries: Any, n_classes: int) -> np.ndarray:
