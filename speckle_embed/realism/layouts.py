@@ -276,6 +276,13 @@ PRESETS: dict[str, DetectorPreset] = {
         "Jungfrau 4M: 8 modules of 512x1024 pixels of 75 um (each 2x4 chips of 256x256). APPROXIMATE layout: "
         "modules as a regular grid of 256x512 half-modules with 2-px gaps and a 10-px central cross; "
         "inter-chip double pixels are not modelled; distance and energy typical."),
+    "epix10k2m_bin8": DetectorPreset(
+        "epix10k2m_bin8", 0.6, 100e-6, 8, 196, 4000.0,
+        lambda: _modules(4, 4, (352, 384), gap_px=4, quad_gap_px=20, hole_px=24, binning=8),
+        "LCLS ePix10k2M: 16 modules of 352x384 pixels of 100 um (each 2x2 ASICs of 176x192). APPROXIMATE "
+        "layout: modules on a regular 4x4 grid with 4-px gaps, a 20-px cross between quadrants and a central "
+        "hole (the real quadrants are rotated and movable); distance and energy typical, set them for your "
+        "run. PR772 speckles span ~6 binned pixels. The second validation domain of docs/domains.md."),
 }
 
 
