@@ -246,6 +246,28 @@ def test_evaluate_command_skips_a_missing_domain_when_asked(domain_root, tmp_pat
     assert "Skipped: domain 'gone'" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_evaluate_command_scores_only_the_roles_asked_with_the_same_episodes(domain_root, tmp_path):
+    """domains.roles=[test]: the validation domain is not scored (not even loaded), and the test
+    domain's episodes (seeded by its declared position) are those of the full run."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    full = _evaluate(tmp_path / "a", domain_root)
+    assert full.returncode == 0, full.stderr[-3000:]
+    only = _evaluate(tmp_path / "b", domain_root, "domains.roles=[test]")
+    assert only.returncode == 0, only.stderr[-3000:]
+    a = json.loads((tmp_path / "a" / "run" / "report.json").read_text())["domains"]
+    b = json.loads((tmp_path / "b" / "run" / "report.json").read_text())["domains"]
+    assert [d["name"] for d in b["domains"]] == ["tst"]
+    def scores(row, k):  # per method in order (the embedding's column is named after its folder)
+        return [(m["accuracy"], m["f1"], m["confusion"]) for m in row["by_k"][k]["methods"].values()]
+    for k in ("1", "3"):
+        assert scores(b["domains"][0], k) == scores(a["domains"][1], k)
+    assert scores(b["reference"], "3") == scores(a["reference"], "3")
+    bad = _evaluate(tmp_path / "c", domain_root, "domains.roles=[training]")
+    assert bad.returncode != 0 and "domains.roles must be a list from" in bad.stderr
+
+
 def test_finetune_row_scores_each_episode_with_a_copy_tuned_on_its_supports(domain_root):
     """domains.adapt=finetune: per episode, finetune_on_supports on the supports then the rule, on the
     same episodes as the frozen row (checked against the same steps done by hand)."""

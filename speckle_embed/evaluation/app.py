@@ -36,6 +36,7 @@ from speckle_embed.checkpoint import resolve_checkpoint_spec
 from speckle_embed.embedder import SpeckleEmbedder
 from speckle_embed.evaluation import figures
 from speckle_embed.evaluation.domains import (
+    ROLES,
     add_domain_section,
     domain_problem,
     domain_protocol,
@@ -257,6 +258,13 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
     missing = str(cfg.get("missing", "error"))
     if missing not in ("error", "skip", "generate"):
         raise ValueError(f"domains.missing must be error, skip or generate; got {missing!r}")
+    roles = list(cfg.get("roles") or ROLES)
+    if not set(roles) <= set(ROLES):
+        raise ValueError(f"domains.roles must be a list from {list(ROLES)}; got {roles!r}")
+    position = {d.name: i for i, d in enumerate(doms)}  # seeds each domain's episodes, whatever is left out
+    doms = [d for d in doms if d.role in roles]
+    if not doms:
+        raise ValueError(f"domains.roles={roles}: no domain of domains.sets has these roles")
     load = {"labels_path": cfg.get("labels_path") or "/entry_1/truth/hit_class", "max_frames": cfg.get("max_frames")}
     sets, skipped, kept = {}, [], []
     for d in doms:
@@ -287,7 +295,7 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
         n_tasks=int(cfg.get("n_tasks", 100)), seed=seed, rule=cfg["rule"], classes=cfg.get("classes") or [1, 2, 3],
         baselines=bool(cfg.get("baselines", True)), adapt=cfg.get("adapt") or (), finetune=cfg.get("finetune"),
         reference=ref, reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress,
-        support_views=str(cfg.get("support_views", "d4")))
+        support_views=str(cfg.get("support_views", "d4")), domain_indices=[position[d.name] for d in kept])
     info = {m: {"checkpoint": specs[m], "checkpoint_hash": getattr(e, "checkpoint_hash", None)}
             for m, e in embedders.items()}
     add_domain_section(report, res, out, embeddings=info, skipped=skipped)

@@ -526,7 +526,8 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
                     baselines: bool | Mapping = True, adapt: Sequence[str] = (), finetune: Mapping | None = None,
                     extra_methods: Mapping[str, Callable] | None = None, reference: Domain | None = None,
                     reference_sets: Sequence[LabelledSet] | None = None, embed_kwargs: Mapping | None = None,
-                    level: float = 0.95, progress: bool = True, support_views: str = "d4") -> dict:
+                    level: float = 0.95, progress: bool = True, support_views: str = "d4",
+                    domain_indices: Sequence[int] | None = None) -> dict:
     """Run the leave-one-domain-out protocol.
 
     Parameters
@@ -574,6 +575,11 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     support_views : {"d4", "none"}, default "d4"
         Symmetry views of the supports that train ``rule="logistic"`` (as the classifier's
         option of that name; every frame is then embedded in all 8 views, 8 times the cost).
+    domain_indices : sequence of int, optional
+        The index that seeds each domain's episodes (default its position in ``domains``; the
+        reference takes one more than the largest). The app passes each domain's position in the
+        declared list, so that leaving domains out (``domains.roles``, ``domains.missing=skip``)
+        does not change the episodes of the others.
 
     Returns
     -------
@@ -598,11 +604,14 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
           "seed": int(seed), "rule": rule, "classes": tuple(classes), "baselines": baselines, "adapt": adapt,
           "finetune": finetune, "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
           "progress": progress, "support_views": support_views}
-    rows = [_evaluate_domain(d, sets[d.name], i, embedders, **kw) for i, d in enumerate(domains)]
+    indices = list(range(len(domains))) if domain_indices is None else [int(i) for i in domain_indices]
+    if len(indices) != len(domains):
+        raise ValueError(f"domain_indices: {len(indices)} indices for {len(domains)} domains")
+    rows = [_evaluate_domain(d, sets[d.name], i, embedders, **kw) for i, d in zip(indices, domains)]
     ref = None
     if reference is not None:
         ref = _evaluate_domain(Domain(reference.name, reference.dirs, "test", reference.held_out, reference.note),
-                               reference_sets, len(domains), embedders, **kw)
+                               reference_sets, max(indices, default=-1) + 1, embedders, **kw)
         ref["role"], ref["role_label"] = "reference", "in-domain reference"
         for r in rows:
             for k, v in r["by_k"].items():
