@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--k-shot", type=int, default=5)
     p.add_argument("--n-query", type=int, default=50, help="queries per class and episode (at most)")
     p.add_argument("--n-tasks", type=int, default=60, help="episodes per file")
-    p.add_argument("--rule", default="mean_distance")
+    p.add_argument("--rule", default="logistic", help="few-shot rule (logistic: with the D4 support views)")
     p.add_argument("--finetune-tasks", type=int, default=5, help="episodes per file fine-tuned (0: skip)")
     p.add_argument("--finetune-budget", type=float, default=60.0, help="seconds per fine-tuning")
     p.add_argument("--threads", type=int, default=2)
