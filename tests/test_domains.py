@@ -264,6 +264,12 @@ def test_evaluate_command_scores_only_the_roles_asked_with_the_same_episodes(dom
     for k in ("1", "3"):
         assert scores(b["domains"][0], k) == scores(a["domains"][1], k)
     assert scores(b["reference"], "3") == scores(a["reference"], "3")
+    only = _evaluate(tmp_path / "c", domain_root, "domains.roles=[validation]")  # the last declared domain left out
+    assert only.returncode == 0, only.stderr[-3000:]
+    c = json.loads((tmp_path / "c" / "run" / "report.json").read_text())["domains"]
+    assert [d["name"] for d in c["domains"]] == ["val"]
+    assert scores(c["domains"][0], "3") == scores(a["domains"][0], "3")
+    assert scores(c["reference"], "3") == scores(a["reference"], "3")
     bad = _evaluate(tmp_path / "c", domain_root, "domains.roles=[training]")
     assert bad.returncode != 0 and "domains.roles must be a list from" in bad.stderr
 

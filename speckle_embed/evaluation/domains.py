@@ -527,7 +527,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
                     extra_methods: Mapping[str, Callable] | None = None, reference: Domain | None = None,
                     reference_sets: Sequence[LabelledSet] | None = None, embed_kwargs: Mapping | None = None,
                     level: float = 0.95, progress: bool = True, support_views: str = "d4",
-                    domain_indices: Sequence[int] | None = None) -> dict:
+                    domain_indices: Sequence[int] | None = None, reference_index: int | None = None) -> dict:
     """Run the leave-one-domain-out protocol.
 
     Parameters
@@ -576,10 +576,12 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
         Symmetry views of the supports that train ``rule="logistic"`` (as the classifier's
         option of that name; every frame is then embedded in all 8 views, 8 times the cost).
     domain_indices : sequence of int, optional
-        The index that seeds each domain's episodes (default its position in ``domains``; the
-        reference takes one more than the largest). The app passes each domain's position in the
-        declared list, so that leaving domains out (``domains.roles``, ``domains.missing=skip``)
-        does not change the episodes of the others.
+        The index that seeds each domain's episodes (default its position in ``domains``). The app
+        passes each domain's position in the declared list, so that leaving domains out
+        (``domains.roles``, ``domains.missing=skip``) does not change the episodes of the others.
+    reference_index : int, optional
+        The index that seeds the reference's episodes (default one more than the largest domain
+        index; the app passes the number of declared domains).
 
     Returns
     -------
@@ -611,7 +613,8 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     ref = None
     if reference is not None:
         ref = _evaluate_domain(Domain(reference.name, reference.dirs, "test", reference.held_out, reference.note),
-                               reference_sets, max(indices, default=-1) + 1, embedders, **kw)
+                               reference_sets, max(indices, default=-1) + 1 if reference_index is None
+                               else int(reference_index), embedders, **kw)
         ref["role"], ref["role_label"] = "reference", "in-domain reference"
         for r in rows:
             for k, v in r["by_k"].items():
