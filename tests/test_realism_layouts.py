@@ -75,4 +75,17 @@ def test_agipd_has_16_modules_and_gaps():
     bands = int(np.sum(good_rows[1:] & ~good_rows[:-1])) + int(good_rows[0])
     assert bands == 8
     with pytest.raises(ValueError, match="unknown detector preset"):
-        get_preset("cspad")
+        get_preset("mystery_detector")
+
+
+def test_cspad_has_8_by_4_sensors_and_pnccd_sized_speckles():
+    preset = get_preset("cspad_bin6")
+    m = preset.mask()
+
+    def bands(good):
+        return int(np.sum(good[1:] & ~good[:-1])) + int(good[0])
+
+    assert bands(~m.all(1)) == 8 and bands(~m.all(0)) == 4  # 185-px sensor rows, 388-px sensor columns
+    wavelength_m = 12398.42 / preset.photon_energy_ev * 1e-10
+    speckle_px = wavelength_m * preset.distance_m / (70e-9 * preset.binning * preset.pixel_m)
+    assert 2.3 < speckle_px < 3.2  # PR772 (70 nm): as small as the blind pnCCD frames' (~2.3 px)

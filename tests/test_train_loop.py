@@ -300,3 +300,17 @@ def test_merge_classes_relabels_training_and_validation_frames(tmp_path):
     assert b.val_idx.size > a.val_idx.size
     with pytest.raises(ValueError, match="merge_classes"):
         TrainConfig.from_dict({"data": {"dirs": ["x"], "merge_classes": {"non": "sense"}}})
+
+
+def test_init_crop_trains_a_checkpoint_at_another_input_scale(data_dir, tmp_path):
+    """init_crop replaces the crop of the init checkpoint's preprocessing (input size and weights kept)."""
+    train(compose_cfg(data_dir, tmp_path / "base", epochs=1))
+    base = load_checkpoint(tmp_path / "base" / "best.pt")
+    assert base["preprocessing"]["crop"] == 24
+    res = train(compose_cfg(data_dir, tmp_path / "scaled", epochs=1, init_crop=17,
+                            init_checkpoint=str(tmp_path / "base" / "best.pt")))
+    scaled = load_checkpoint(res.best_checkpoint)
+    assert scaled["preprocessing"]["crop"] == 17 and scaled["preprocessing"]["input_size"] == 24
+    assert load_embedder(res.best_checkpoint)[1].scale == pytest.approx(17 / 24)
+    with pytest.raises(ValueError, match="init_crop replaces the crop of init_checkpoint"):
+        TrainConfig.from_dict({"init_crop": 17})

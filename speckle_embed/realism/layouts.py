@@ -283,6 +283,14 @@ PRESETS: dict[str, DetectorPreset] = {
         "layout: modules on a regular 4x4 grid with 4-px gaps, a 20-px cross between quadrants and a central "
         "hole (the real quadrants are rotated and movable); distance and energy typical, set them for your "
         "run. PR772 speckles span ~6 binned pixels. The second validation domain of docs/domains.md."),
+    "cspad_bin6": DetectorPreset(
+        "cspad_bin6", 0.6, 110e-6, 6, 264, 6000.0,
+        lambda: _modules(8, 4, (185, 388), gap_px=4, quad_gap_px=20, hole_px=24, binning=6),
+        "LCLS CXI CSPAD 2.3M: 32 sensors ('2x1') of 185x388 pixels of 110 um. APPROXIMATE layout: the sensors "
+        "on a regular 8x4 grid with 4-px gaps, a 20-px cross between quadrants and a central hole (the real "
+        "sensors sit in four pinwheel quadrants, half of them rotated 90 degrees); distance and energy "
+        "typical, set them for your run. PR772 speckles span ~2.7 binned pixels, like the blind pnCCD frames "
+        "(~2.3). The third validation domain of docs/domains.md."),
 }
 
 

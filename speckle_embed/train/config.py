@@ -191,6 +191,10 @@ class TrainConfig:
         Start from this checkpoint's weights; its architecture and preprocessing replace
         ``model`` and ``preprocessing`` (fine-tuning, e.g. online after offline).
         ``pretrained`` / ``pretrained:<name>``: the embedding shipped in the package.
+    init_crop : int, optional
+        Train the ``init_checkpoint`` at another input scale: this replaces the ``crop``
+        (detector pixels of the model window) of its preprocessing, e.g. 67 for a 96-pixel model
+        that should see frames upsampled 96/67 = 1.43x (scale 0.7). Needs ``init_checkpoint``.
     checkpoint_every_steps : int
         Also write ``last.pt`` every that many optimizer steps (0 = epoch ends only).
     progress, tensorboard : bool
@@ -216,6 +220,7 @@ class TrainConfig:
     deterministic: bool = True
     resume: str = "auto"
     init_checkpoint: str | None = None
+    init_crop: int | None = None
     checkpoint_every_steps: int = 50
     progress: bool = True
     tensorboard: bool = True
@@ -235,6 +240,9 @@ class TrainConfig:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if int(self.checkpoint_every_steps) < 0:
             raise ValueError("checkpoint_every_steps must be >= 0")
+        if self.init_crop is not None and not self.init_checkpoint:
+            raise ValueError("init_crop replaces the crop of init_checkpoint's preprocessing; set init_checkpoint "
+                             "too, or set preprocessing.crop when training from scratch")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | "TrainConfig") -> "TrainConfig":

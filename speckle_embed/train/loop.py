@@ -283,7 +283,11 @@ class _Trainer:
         if cfg.init_checkpoint:
             init = _load_init(str(cfg.init_checkpoint), self.base_dir)
             logger.info("initialising from %s (its architecture and preprocessing)", cfg.init_checkpoint)
-        self.prep = Preprocessing.from_dict(init["preprocessing"] if init else cfg.preprocessing)
+        prep = dict(init["preprocessing"]) if init else dict(cfg.preprocessing)
+        if cfg.init_crop is not None:
+            logger.info("training at crop %d instead of the checkpoint's %s (init_crop)", cfg.init_crop, prep.get("crop"))
+            prep["crop"] = int(cfg.init_crop)
+        self.prep = Preprocessing.from_dict(prep)
         mcfg = dict(init["model"] if init else cfg.model)
         mcfg.setdefault("input_size", self.prep.input_size)
         size = mcfg["input_size"]
