@@ -20,6 +20,7 @@ data/eval/pdb_clean``.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -54,10 +55,16 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", nargs="+", required=True, help="shard folders of training structures")
     ap.add_argument("--check", nargs="+", required=True, help="held-out shard folders (noise-free or noisy)")
     ap.add_argument("--out", default=None, help=f"default {WEIGHTS_DIR}/<name>.pt")
+    ap.add_argument("--crop", type=int, default=None,
+                    help="detector pixels of the model window in the shipped file, i.e. its default input scale "
+                         "crop/input_size (chosen on the validation domains); default the checkpoint's")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     emb = SpeckleEmbedder.from_checkpoint(args.checkpoint, device="cpu")
+    if args.crop is not None:
+        print(f"default crop {emb.preprocessing.crop} -> {args.crop} (scale {args.crop / emb.preprocessing.input_size:.3f})")
+        emb.preprocessing = dataclasses.replace(emb.preprocessing, crop=args.crop)
     train_structures = set(emb.metadata.get("train_structures") or [])
     ref = reference_speckle(emb, args.calibration, train_structures, seed=args.seed)
     emb.reference_speckle_px = ref

@@ -81,6 +81,34 @@ def _valid_mask(frames: torch.Tensor, mask) -> torch.Tensor:
     return valid
 
 
+def bilinear_rows(positions: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear interpolation along one axis as a matrix.
+
+    Parameters
+    ----------
+    positions : Tensor (M,) float
+        Sample positions in pixels (pixel ``i`` at ``i``; ``align_corners=True`` convention).
+    size : int
+        Pixels along the axis.
+
+    Returns
+    -------
+    Tensor (M, size)
+        Row ``m`` holds the weights ``1 - f`` and ``f`` of the two pixels around ``positions[m]``
+        (``f`` its fractional part); pixels outside ``[0, size)`` count as zero, so
+        ``A @ image @ B.T`` equals ``grid_sample(..., mode="bilinear", padding_mode="zeros",
+        align_corners=True)`` on the grid ``positions_y x positions_x``.
+    """
+    low = torch.floor(positions)
+    frac = (positions - low)[:, None]
+    # columns 0 and size + 1 collect the weights of pixels outside the image and are dropped
+    i0 = (low.long() + 1).clamp(0, size + 1)[:, None]
+    i1 = (low.long() + 2).clamp(0, size + 1)[:, None]
+    rows = torch.zeros((positions.shape[0], size + 2), dtype=positions.dtype, device=positions.device)
+    rows.scatter_add_(1, i0, 1 - frac).scatter_add_(1, i1, frac)
+    return rows[:, 1:size + 1]
+
+
 def resample_center(frames: torch.Tensor, valid: torch.Tensor, out_size: int, scale: float,
                     center=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample ``out_size x out_size`` pixels around ``center`` with ``scale`` input pixels each.
@@ -88,7 +116,8 @@ def resample_center(frames: torch.Tensor, valid: torch.Tensor, out_size: int, sc
     Parameters
     ----------
     frames : Tensor (N, H, W) float
-    valid : Tensor (N, H, W) bool
+    valid : Tensor (N, H, W) or (H, W) bool
+        Usable pixels, per frame or one mask for all.
     out_size : int
     scale : float
         Input pixels per output pixel (>1 bins/zooms out, <1 zooms in).
@@ -106,29 +135,36 @@ def resample_center(frames: torch.Tensor, valid: torch.Tensor, out_size: int, sc
     if scale == 1.0 and float(cy - (out_size - 1) / 2).is_integer() and float(cx - (out_size - 1) / 2).is_integer():
         r0, c0 = int(cy - (out_size - 1) / 2), int(cx - (out_size - 1) / 2)
         if r0 >= 0 and c0 >= 0 and r0 + out_size <= h and c0 + out_size <= w:  # plain crop
-            sl = (slice(None), slice(r0, r0 + out_size), slice(c0, c0 + out_size))
-            return frames[sl], valid[sl]
-    # General case: area-weighted sampling with a box filter of width `scale`.
-    vf = valid.to(frames.dtype)
-    data = torch.stack([torch.where(valid, frames, torch.zeros_like(frames)), vf], 1)  # (N,2,H,W)
+            sl = (slice(r0, r0 + out_size), slice(c0, c0 + out_size))
+            return frames[(slice(None), *sl)], valid[(..., *sl)].expand(n, out_size, out_size)
+    # General case: area-weighted sampling with a box filter of width `scale`, applied to the
+    # masked values and to the valid-pixel weights alike; their ratio is the area average.
     k = max(int(round(scale)), 1)
-    # The outside of the frame is missing data, exactly like masked pixels: pad k zero-weight
-    # pixels so that the box filter near the frame edge sees them as such (a window that
-    # overhangs the frame then gives what a larger, masked canvas would).
-    data = F.pad(data, (k, k, k, k))
-    h, w, cy, cx = h + 2 * k, w + 2 * k, cy + k, cx + k
-    if k > 1:  # pre-filter by average pooling so each output pixel averages ~scale^2 inputs
-        data = F.avg_pool2d(data, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
-        data = data[..., :h, :w]
     offs = (torch.arange(out_size, device=frames.device, dtype=frames.dtype) - (out_size - 1) / 2) * scale
-    ys = (cy + offs) / (h - 1) * 2 - 1
-    xs = (cx + offs) / (w - 1) * 2 - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack([gx, gy], -1).expand(n, out_size, out_size, 2)
-    out = F.grid_sample(data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    weight = out[:, 1]
+    # bilinear sampling at (cy + offs, cx + offs) is separable: two small matrix products. The
+    # outside of the frame is missing data, exactly like masked pixels: k zero-weight pixels are
+    # padded so that the box filter near the frame edge sees them as such (a window that
+    # overhangs the frame then gives what a larger, masked canvas would).
+    rows = bilinear_rows(cy + k + offs, h + 2 * k)
+    cols = bilinear_rows(cx + k + offs, w + 2 * k).T
+
+    def sample(t: torch.Tensor) -> torch.Tensor:  # (M, H, W) -> (M, out_size, out_size)
+        t = F.pad(t, (k, k, k, k))
+        if k > 1:  # pre-filter by average pooling so each output pixel averages ~scale^2 inputs
+            t = F.avg_pool2d(t[:, None], kernel_size=k, stride=1, padding=k // 2,
+                             count_include_pad=False)[:, 0, :h + 2 * k, :w + 2 * k]
+        return rows @ t @ cols
+
+    vf = valid.to(frames.dtype)
+    if valid.ndim == 2:  # one mask for every frame (the usual case): its weights are sampled once
+        weight = sample(vf[None])
+        total = sample(frames if bool(valid.all()) else frames * vf)
+    else:
+        weight = sample(vf)
+        total = sample(torch.where(valid, frames, torch.zeros_like(frames)))
     good = weight > 1e-3
-    values = torch.where(good, out[:, 0] / weight.clamp_min(1e-3), torch.zeros_like(weight))
+    values = total.div_(weight.clamp_min(1e-3)).mul_(good)
+    good = good.expand(n, out_size, out_size)
     return values, good
 
 
@@ -204,7 +240,7 @@ def model_inputs(window: torch.Tensor, valid: torch.Tensor | None, prep: Preproc
         good = None if valid is None else valid[..., r0:r0 + size, c0:c0 + size]
     else:
         g = torch.ones((h, w), dtype=torch.bool, device=window.device) if valid is None else valid
-        x, good = resample_center(window, g.expand(n, h, w), size, scale, (cy, cx))
+        x, good = resample_center(window, g, size, scale, (cy, cx))
     return normalise(x, good, log=prep.log, eps=prep.eps)[:, None]
 
 

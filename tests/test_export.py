@@ -119,16 +119,35 @@ def test_default_size_both_formats(tmp_path):
     assert read_export_metadata(tmp_path / "d.onnx")["checkpoint_hash"] is None
 
 
+@pytest.mark.parametrize("crop,shape", [(48, (64, 64)), (17, (40, 40)), (24, (41, 40)), (24, (20, 40)),
+                                        (17, (39, 44))])
+def test_resampling_graphs_match_embed(crop, shape, mask, tmp_path):
+    """Binning (crop 48), upsampling (crop 17: scale 0.71), a window half a pixel off the grid and a
+    frame smaller than the window: the graph resamples as embed does, in TorchScript and ONNX."""
+    e = SpeckleEmbedder.random_init(Preprocessing(input_size=24, crop=crop), model=TINY, seed=2, device="cpu")
+    rng = np.random.default_rng(3)
+    x = rng.poisson(4.0, size=(4, *shape)).astype(np.float32)
+    x[1] *= 30.0
+    x[2, shape[0] // 2, shape[1] // 2 - 1] = np.nan  # a non-finite pixel inside the field of view
+    m = np.zeros(shape, bool)
+    m[shape[0] // 2 - 1:shape[0] // 2 + 1, :] = True  # a gap
+    ref = e.embed(x, mask=m)
+    graph = EmbeddingGraph(e.model.eval(), e.preprocessing, shape, m).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(graph(torch.from_numpy(x)).numpy(), ref, atol=1e-5)
+    ts = torch.jit.load(str(export_torchscript(e, tmp_path / "r.pt", frame_shape=shape, mask=m)))
+    with torch.no_grad():
+        np.testing.assert_allclose(ts(torch.from_numpy(x)).numpy(), ref, atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    path = export_onnx(e, tmp_path / "r.onnx", frame_shape=shape, mask=m)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"frames": x})[0], ref, atol=1e-4)
+    assert read_export_metadata(path)["scale"] == pytest.approx(crop / 24)
+
+
 def test_unsupported_cases_raise(emb, tmp_path):
-    binned = SpeckleEmbedder.random_init(Preprocessing(input_size=24, crop=48), model=TINY, device="cpu")
-    with pytest.raises(NotImplementedError, match="resampling is not exportable"):
-        export_onnx(binned, tmp_path / "b.onnx", frame_shape=(64, 64))
-    with pytest.raises(NotImplementedError, match="resampling is not exportable"):
-        export_torchscript(binned, tmp_path / "b.pt", frame_shape=(64, 64))
-    with pytest.raises(NotImplementedError, match="half a pixel"):  # odd margin: interpolated crop
-        EmbeddingGraph(emb.model, emb.preprocessing, (41, 40))
-    with pytest.raises(ValueError, match="smaller than the model input"):
-        EmbeddingGraph(emb.model, emb.preprocessing, (20, 40))
+    with pytest.raises(ValueError, match="smaller than half the model's field of view"):
+        EmbeddingGraph(emb.model, emb.preprocessing, (10, 40))
     with pytest.raises(ValueError, match="does not match frame_shape"):
         EmbeddingGraph(emb.model, emb.preprocessing, SHAPE, mask=np.zeros((30, 30), bool))
     with pytest.raises(ValueError, match="no valid pixel"):

@@ -38,3 +38,4 @@ def test_adu_frames_are_converted_to_photons_first():
     torch.testing.assert_close(preprocess(adu, prep, adu_per_photon=37.0), preprocess(photons, prep))
     with pytest.raises(ValueError, match="adu_per_photon"):
         preprocess(adu, prep, adu_per_photon=0.0)
+

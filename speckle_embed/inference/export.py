@@ -29,11 +29,12 @@ What the graph does (identical to :meth:`SpeckleEmbedder.embed` with its default
   (negatives clipped at 0), per-frame standardisation over the valid pixels, invalid pixels 0;
 * the model, then L2 normalisation: output ``embeddings`` float32 ``(N, d)``.
 
-Only the plain central crop is exportable for now: ``preprocessing.crop == input_size`` (scale
-1) and ``H - input_size``, ``W - input_size`` even (so the window is whole pixels). Other cases
-need the area-weighted resampling of :func:`~speckle_embed.preprocess.resample_center`, which is
-not exportable yet; they raise :class:`NotImplementedError`. Per-frame beam centres,
-``scale="auto"`` and ``center="auto"`` are likewise not part of the graph.
+The graph resamples as ``embed`` does at the preprocessing's scale, about the geometric centre of
+the frame: the plain central crop (``preprocessing.crop == input_size`` and ``H - input_size``,
+``W - input_size`` even), or else the area-weighted bilinear resampling of
+:func:`~speckle_embed.preprocess.resample_center` (binning, upsampling, a window half a pixel off
+the grid, a frame smaller than the window), whose interpolation matrices are constants of the
+graph. Per-frame beam centres, ``scale="auto"`` and ``center="auto"`` are not part of the graph.
 
 Differences from :meth:`~SpeckleEmbedder.embed`: the graph cannot raise, so a frame without any
 finite unmasked pixel in the window (``embed`` raises ``ValueError``) yields the embedding of an
@@ -61,9 +62,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from speckle_embed.atomic import replace_atomically
+from speckle_embed.frame_checks import check_frame_size
+from speckle_embed.inference.frames import window
 from speckle_embed.inference.precision import fold_if_exact
 from speckle_embed.models import model_config
-from speckle_embed.preprocess import Preprocessing, normalise
+from speckle_embed.preprocess import Preprocessing, model_inputs, normalise
 
 __all__ = ["EmbeddingGraph", "export_torchscript", "export_onnx", "read_export_metadata",
            "EXPORT_FORMAT", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME"]
@@ -104,8 +107,8 @@ class EmbeddingGraph(nn.Module):
     """Preprocessing + model for one frame size and mask, as a traceable module.
 
     ``forward(frames)`` maps float32 photons ``(N, H, W)`` to unit-norm embeddings ``(N, d)``,
-    exactly as ``SpeckleEmbedder.embed(frames, mask=mask)`` does for the plain central crop
-    (see the module docstring for the conditions and the differences).
+    exactly as ``SpeckleEmbedder.embed(frames, mask=mask)`` does (see the module docstring for
+    the differences).
 
     Parameters
     ----------
@@ -113,23 +116,19 @@ class EmbeddingGraph(nn.Module):
         Embedding network ``(N, 1, S, S) -> (N, d)``; used as given (put it in eval mode;
         :func:`export_torchscript` / :func:`export_onnx` pass an eval copy).
     preprocessing : Preprocessing
-        Must have ``crop == input_size`` (scale 1).
+        Its ``scale`` (``crop / input_size``) is the graph's.
     frame_shape : (H, W)
-        Size of the frames the graph accepts; ``H - input_size`` and ``W - input_size`` must be
-        even and non-negative.
+        Size of the frames the graph accepts (at least half the model's field of view across,
+        as ``embed`` requires).
     mask : array_like (H, W), optional
         Bad pixels (non-zero CXI bits or ``True``); default none. Stored as the bool buffer
         :attr:`mask`.
 
     Raises
     ------
-    NotImplementedError
-        The preprocessing resamples (``crop != input_size``), or the central window is offset by
-        half a pixel (odd ``H - input_size`` or ``W - input_size``): resampling is not
-        exportable yet.
     ValueError
-        A frame smaller than the model input, a mask of the wrong shape/dtype, or a mask that
-        leaves no valid pixel in the window.
+        A frame smaller than half the model's field of view, a mask of the wrong shape/dtype, or a
+        mask that leaves no valid pixel in the window.
     """
 
     mask: torch.Tensor
@@ -140,42 +139,41 @@ class EmbeddingGraph(nn.Module):
         prep = preprocessing
         h, w = _frame_shape(frame_shape)
         s = int(prep.input_size)
-        if prep.crop != prep.input_size:
-            raise NotImplementedError(
-                f"the preprocessing resamples (crop={prep.crop}, input_size={prep.input_size}, "
-                f"scale={prep.scale:g}); only the plain central crop (crop == input_size, scale 1) "
-                "is exportable: resampling is not exportable yet")
-        if h < s or w < s:
-            raise ValueError(f"frame_shape {(h, w)} is smaller than the model input {s}x{s}; the "
-                             "exported graph needs frames at least input_size pixels across")
-        if (h - s) % 2 or (w - s) % 2:
-            raise NotImplementedError(
-                f"frame_shape {(h, w)} minus input_size {s} is odd, so the central {s}x{s} window "
-                "about the geometric centre sits half a pixel off the pixel grid and preprocess() "
-                "interpolates: resampling is not exportable yet (use a frame size of the same "
-                "parity as input_size, e.g. crop the frames by one row/column first)")
+        check_frame_size(h, w, prep)
         self.model = model
         self.preprocessing = prep
         self.frame_shape = (h, w)
         self.input_size = s
-        self.r0, self.c0 = (h - s) // 2, (w - s) // 2
+        self.scale = float(prep.scale)
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        # the rows/cols embed() cuts before preprocessing; the plain central crop is the window itself
+        self.plain_crop = prep.crop == s and h >= s and w >= s and (h - s) % 2 == 0 and (w - s) % 2 == 0
+        if self.plain_crop:
+            self.window = ((h - s) // 2, (h + s) // 2, (w - s) // 2, (w + s) // 2)
+        else:
+            self.window = window(h, w, cy, cx, s, self.scale)
+        r0, r1, c0, c1 = self.window
+        self.center = (cy - r0, cx - c0)
         self.register_buffer("mask", _bad_pixels(mask, (h, w)))
-        if bool(self.mask[self.r0:self.r0 + s, self.c0:self.c0 + s].all()):
-            raise ValueError(f"the mask leaves no valid pixel in the model's {s}x{s} window "
-                             f"(rows {self.r0}:{self.r0 + s}, cols {self.c0}:{self.c0 + s})")
+        if bool(self.mask[r0:r1, c0:c1].all()):
+            raise ValueError(f"the mask leaves no valid pixel in the model's field of view "
+                             f"(rows {r0}:{r1}, cols {c0}:{c1})")
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        s, r0, c0 = self.input_size, self.r0, self.c0
-        x = frames[:, r0:r0 + s, c0:c0 + s]
-        bad = self.mask[r0:r0 + s, c0:c0 + s]
-        valid = torch.isfinite(x) & torch.logical_not(bad)
-        x = normalise(x, valid, log=self.preprocessing.log, eps=self.preprocessing.eps)
-        z = self.model(x.unsqueeze(1))
+        r0, r1, c0, c1 = self.window
+        x = frames[:, r0:r1, c0:c1]
+        valid = torch.isfinite(x) & torch.logical_not(self.mask[r0:r1, c0:c1])
+        prep = self.preprocessing
+        if self.plain_crop:
+            x = normalise(x, valid, log=prep.log, eps=prep.eps).unsqueeze(1)
+        else:
+            x = model_inputs(x, valid, prep, self.center, self.scale)
+        z = self.model(x)
         return F.normalize(z.float(), dim=1)
 
     def extra_repr(self) -> str:
-        return (f"frame_shape={self.frame_shape}, input_size={self.input_size}, "
-                f"window=({self.r0}, {self.c0}), bad_pixels={int(self.mask.sum())}")
+        return (f"frame_shape={self.frame_shape}, input_size={self.input_size}, scale={self.scale:g}, "
+                f"window={self.window}, bad_pixels={int(self.mask.sum())}")
 
 
 # ----------------------------------------------------------------------------- building
@@ -203,7 +201,6 @@ def _metadata(embedder, graph: EmbeddingGraph, kind: str, d: int, extra: dict | 
         mconf = model_config(embedder.model)
     except ValueError:
         mconf = {"name": type(embedder.model).__name__}
-    s = graph.input_size
     meta = {
         "format": EXPORT_FORMAT,
         "kind": kind,
@@ -211,7 +208,8 @@ def _metadata(embedder, graph: EmbeddingGraph, kind: str, d: int, extra: dict | 
         "preprocessing": prep,
         "model": mconf,
         "frame_shape": list(graph.frame_shape),
-        "window": [graph.r0, graph.r0 + s, graph.c0, graph.c0 + s],
+        "window": list(graph.window),
+        "scale": graph.scale,
         "bad_pixels": int(graph.mask.sum()),
         "embedding_size": int(d),
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", *graph.frame_shape],
@@ -253,7 +251,7 @@ def export_torchscript(embedder, path: str | os.PathLike, frame_shape=(172, 172)
 
     Raises
     ------
-    NotImplementedError, ValueError
+    ValueError
         As :class:`EmbeddingGraph`.
     """
     path = Path(os.fspath(path)).expanduser()
@@ -301,7 +299,7 @@ def export_onnx(embedder, path: str | os.PathLike, frame_shape=(172, 172), mask=
     ------
     ImportError
         ``onnx`` is not installed.
-    NotImplementedError, ValueError
+    ValueError
         As :class:`EmbeddingGraph`.
     """
     path = Path(os.fspath(path)).expanduser()
@@ -322,6 +320,8 @@ def export_onnx(embedder, path: str | os.PathLike, frame_shape=(172, 172), mask=
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        # the window slices of a resampling graph are not constant-folded: harmless, said per slice
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(graph, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=int(opset), do_constant_folding=True, **kwargs)
