@@ -59,6 +59,29 @@ def test_demo_rerun_reuses_the_simulation_and_agrees(demo_run, capsys):
     assert "complete shard found" in capsys.readouterr().out
 
 
+def test_demo_rerun_after_an_update_simulates_again(demo_run, tmp_path):
+    """A run folder simulated by another code version (e.g. before `git pull`) is simulated again, not refused."""
+    import shutil
+
+    import h5py
+
+    run_dir, first = demo_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    older = "speckle_embed 0.0.9 git 000000000000"
+    manifest = next(old.rglob(".simulate-dataset.json"))
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "code_version": older}))
+    shard = next(old.rglob(Path(first["data"]).name))
+    with h5py.File(shard, "r+") as f:
+        f.attrs["dataset_identity"] = json.dumps({**json.loads(f.attrs["dataset_identity"]), "code_version": older})
+    mtime = shard.stat().st_mtime_ns
+    again = run_demo(small_cfg(old))
+    assert shard.stat().st_mtime_ns != mtime  # simulated again with this code
+    with h5py.File(shard, "r") as f:
+        assert json.loads(f.attrs["dataset_identity"])["code_version"] != older
+    assert again["accuracy"] == first["accuracy"]  # same seed, same frames
+
+
 def test_unwritable_run_folder_is_refused_before_any_work(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")

@@ -61,9 +61,11 @@ def _simulate(specs, out: Path, cfg: Mapping, *, n_frames: int, mix: Mapping, se
     from simulate.generate import generate_dataset
     from simulate.geometry import default_geometry
 
+    # the run folder's data are the demo's own cache: a shard simulated with other settings (another
+    # code version after an update, other demo options) is simulated again, an identical one reused
     report = generate_dataset(specs, default_geometry(), out_dir=out, n_frames=n_frames, chunk=min(64, n_frames),
                               mix=dict(mix), seed=seed, progress=bool(cfg.get("progress", True)),
-                              threads=cfg.get("threads"))
+                              threads=cfg.get("threads"), overwrite=True)
     for o in report.skipped:
         _say(f"      {o.name}: complete shard found in {out}, reused")
     for o in report.failed:
