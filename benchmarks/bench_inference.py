@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--data", default="data/offline/pdb",
                     help="folder or glob of CXI shards of 172x172 frames (Poisson noise frames if none)")
     ap.add_argument("--random-weights", action="store_true", help="untrained model instead of the shipped one")
+    ap.add_argument("--checkpoint", default=None,
+                    help="another embedding file (e.g. weights/specklenn-realistic-v6.pt, scale 1.0) instead of the default")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (bf16)")
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args()
@@ -148,6 +150,10 @@ def main() -> None:
         def make(**kw):
             return SpeckleEmbedder.random_init(device=dev, **kw)
         weights = "random weights"
+    elif args.checkpoint:
+        def make(**kw):
+            return SpeckleEmbedder.from_checkpoint(args.checkpoint, device=dev, **kw)
+        weights = args.checkpoint
     else:
         from speckle_embed.inference.pretrained import DEFAULT_PRETRAINED, load_pretrained
 
