@@ -130,6 +130,25 @@ def test_default_classifier_is_logistic_with_d4_views(emb):
     assert "support_views='none'" in repr(plain) and "rule" not in repr(clf).split(";")[0]
 
 
+def test_distance_rules_embed_the_support_frames_only(emb, monkeypatch):
+    """The D4 views train the logistic rule; other rules do not pay 8 embeddings per support."""
+    support = np.concatenate([rings(3, 1), stripes(3, 1)])
+    labels = ["ring"] * 3 + ["stripe"] * 3
+    embedded = []
+    real_embed = type(emb).embed
+
+    def counting_embed(self, frames, *args, **kw):
+        embedded.append(len(frames))
+        return real_embed(self, frames, *args, **kw)
+
+    monkeypatch.setattr(type(emb), "embed", counting_embed)
+    clf = FewShotClassifier(emb, rule="mean_distance").fit(support, labels)
+    assert clf.support_view_embeddings_.shape == (6, 1, 32) and sum(embedded) == 6
+    embedded.clear()
+    FewShotClassifier(emb).fit(support, labels)
+    assert sum(embedded) == 6 * 8
+
+
 def test_register_appends_views_and_refits(emb):
     clf = FewShotClassifier(emb).fit(np.concatenate([rings(2, 1), stripes(2, 1)]), ["ring"] * 2 + ["stripe"] * 2)
     before = clf.predict_proba(rings(1, 9))

@@ -133,7 +133,8 @@ class FewShotClassifier(FrameClassifier):
         the frame rotated by 90, 180 and 270 degrees about its beam centre and the four mirrors
         (:mod:`speckle_embed.inference.views`: each is a physically valid pattern of the same
         hit class), so K supports give 8 K examples; costs 8 embeddings per support (none per
-        query). The distance rules and rejection use the frames themselves.
+        query). The distance rules and rejection use the frames themselves, and with another
+        ``rule`` the views are not embedded at all (choose the rule before :meth:`fit`).
 
     Attributes
     ----------
@@ -150,7 +151,8 @@ class FewShotClassifier(FrameClassifier):
         What ``adapt`` changed (adapted embedder copy, refined prototypes, timings).
     support_view_embeddings_ : ndarray of float32, shape (n_supports, n_views, d)
         Embeddings of every view of every support, rows in the order of ``index_``
-        (``n_views = 1`` with ``support_views="none"``; view 0 is the frame itself).
+        (``n_views = 1`` with ``support_views="none"`` or a rule other than ``"logistic"``; view 0
+        is the frame itself).
 
     Notes
     -----
@@ -236,7 +238,9 @@ class FewShotClassifier(FrameClassifier):
 
     def _embed_supports(self, frames, mask) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of support frames ``(n, d)`` and of all their views ``(n, n_views, d)``."""
-        views = embed_views(self._embedder_in_use(), frames, mask, group=self.support_views,
+        # the views train the logistic rule only: the other rules embed the frames alone
+        group = self.support_views if self.rule == "logistic" else "none"
+        views = embed_views(self._embedder_in_use(), frames, mask, group=group,
                             scale=self.scale, center=self.center)
         return np.ascontiguousarray(views[:, 0]), views
 
