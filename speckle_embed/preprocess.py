@@ -158,7 +158,7 @@ def resample_center(frames: torch.Tensor, valid: torch.Tensor, out_size: int, sc
     vf = valid.to(frames.dtype)
     if valid.ndim == 2:  # one mask for every frame (the usual case): its weights are sampled once
         weight = sample(vf[None])
-        total = sample(frames if bool(valid.all()) else frames * vf)
+        total = sample(frames if bool(valid.all()) else torch.where(valid, frames, torch.zeros_like(frames)))
     else:
         weight = sample(vf)
         total = sample(torch.where(valid, frames, torch.zeros_like(frames)))
