@@ -6,15 +6,15 @@
 3. checks the shipped embedding against the float32 checkpoint on held-out frames: embedding
    difference and 2-way 5-shot accuracy of both.
 
-Usage (the shipped default ``specklenn-realistic-v9``; its reference speckle size is measured on
+Usage (the shipped default ``specklenn-realistic-v10``; its reference speckle size is measured on
 the paper-geometry procedural frames only, since spheres show no speckle)::
 
-    python scripts/make_pretrained.py --checkpoint outputs/train/pretrain_realistic_v9/best.pt \\
-        --name specklenn-realistic-v9 --calibration data/offline/procedural \\
+    python scripts/make_pretrained.py --checkpoint outputs/train/pretrain_realistic_v10/best.pt \\
+        --name specklenn-realistic-v10 --calibration data/offline/procedural \\
         --check data/heldout/pr772_online
 
-(``specklenn-realistic-v6``, now ``weights/specklenn-realistic-v6.pt``: the same with
-``pretrain_realistic_v6`` and ``--out weights/specklenn-realistic-v6.pt``.)
+(``specklenn-realistic-v9`` / ``-v6``, now in ``weights/``: the same with ``pretrain_realistic_v9`` /
+``_v6`` and ``--out weights/specklenn-realistic-v9.pt`` / ``-v6.pt``.)
 
 (``specklenn-offline-v2``: ``--checkpoint outputs/train/pretrain_variety/best.pt --name
 specklenn-offline-v2 --calibration data/offline/procedural data/offline/pdb --check

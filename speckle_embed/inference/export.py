@@ -66,7 +66,7 @@ from speckle_embed.frame_checks import check_frame_size
 from speckle_embed.inference.frames import window
 from speckle_embed.inference.precision import fold_if_exact
 from speckle_embed.models import model_config
-from speckle_embed.preprocess import Preprocessing, model_inputs, normalise
+from speckle_embed.preprocess import Preprocessing, model_inputs
 
 __all__ = ["EmbeddingGraph", "export_torchscript", "export_onnx", "read_export_metadata",
            "EXPORT_FORMAT", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME"]
@@ -146,9 +146,10 @@ class EmbeddingGraph(nn.Module):
         self.input_size = s
         self.scale = float(prep.scale)
         cy, cx = (h - 1) / 2, (w - 1) / 2
-        # the rows/cols embed() cuts before preprocessing; the plain central crop is the window itself
-        self.plain_crop = prep.crop == s and h >= s and w >= s and (h - s) % 2 == 0 and (w - s) % 2 == 0
-        if self.plain_crop:
+        # the rows/cols the model sees: the plain central crop itself, or those embed() cuts
+        # before resampling (model_inputs then takes the same path as in embed)
+        plain_crop = prep.crop == s and h >= s and w >= s and (h - s) % 2 == 0 and (w - s) % 2 == 0
+        if plain_crop:
             self.window = ((h - s) // 2, (h + s) // 2, (w - s) // 2, (w + s) // 2)
         else:
             self.window = window(h, w, cy, cx, s, self.scale)
@@ -163,12 +164,7 @@ class EmbeddingGraph(nn.Module):
         r0, r1, c0, c1 = self.window
         x = frames[:, r0:r1, c0:c1]
         valid = torch.isfinite(x) & torch.logical_not(self.mask[r0:r1, c0:c1])
-        prep = self.preprocessing
-        if self.plain_crop:
-            x = normalise(x, valid, log=prep.log, eps=prep.eps).unsqueeze(1)
-        else:
-            x = model_inputs(x, valid, prep, self.center, self.scale)
-        z = self.model(x)
+        z = self.model(model_inputs(x, valid, self.preprocessing, self.center, self.scale))
         return F.normalize(z.float(), dim=1)
 
     def extra_repr(self) -> str:
