@@ -29,7 +29,9 @@ from speckle_embed.evaluation.domains import (
 from speckle_embed.evaluation.episodes import Episode
 from speckle_embed.evaluation.labelled import LabelledSet
 from speckle_embed.fewshot.index import SupportIndex
+from speckle_embed.fewshot.episodes import episode_distances
 from speckle_embed.fewshot.rules import get_rule
+from speckle_embed.inference.views import embed_views
 
 PHOTON = "photon count (no learning)"
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,3 +364,38 @@ def test_evaluate_app_passes_the_finetune_options_to_the_protocol(domain_root, m
     with pytest.raises(Stop):
         app._domains(cfg, TinyEmbedder(), None, {}, tmp_path, 0, False, None, "cpu", False)
     assert seen["adapt"] == ["finetune"] and seen["finetune"] == {"budget_s": 5.0}
+
+
+class ViewEmbedder:
+    """Deterministic 'embedding' that is not invariant to the D4 views: means of the four
+    quadrants of the frame turned by view ``k`` (rot90 ``k % 4``, then a column mirror for k >= 4)."""
+
+    checkpoint_hash = "views"
+
+    def embed(self, frames, mask=None, view=0, **_):
+        x = np.rot90(np.log1p(np.asarray(frames, np.float64)), view % 4, axes=(1, 2))
+        x = x[:, :, ::-1] if view >= 4 else x
+        h, w = x.shape[1] // 2, x.shape[2] // 2
+        z = np.stack([x[:, :h, :w].mean((1, 2)), x[:, :h, w:].mean((1, 2)), x[:, h:, :w].mean((1, 2)),
+                      x[:, h:, w:].mean((1, 2))], 1)
+        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_query_views_row_averages_the_views_of_each_query(domain_root):
+    doms = _domains(domain_root)
+    sets = {d.name: load_domain(d) for d in doms}
+    emb = ViewEmbedder()
+    kw = dict(k_shots=[3], n_query=4, n_tasks=6, seed=0, baselines=False, progress=False)
+    res = domain_protocol(sets, doms, {"v": emb}, query_views="d4", **kw)
+    assert res["settings"]["query_views"] == "d4"
+    for i, d in enumerate(res["domains"]):
+        views = np.concatenate([embed_views(emb, s.frames, s.mask, group="d4") for s in sets[d["name"]]])
+        z = np.ascontiguousarray(views[:, 0])
+        eps = d["by_k"]["3"]["_episodes"]
+        acc = [np.mean(episode_distances(z, ep, "logistic", support_views=views, query_views=True).argmin(1)
+                       == ep.query_labels) for ep in eps]
+        np.testing.assert_allclose(d["by_k"]["3"]["methods"]["v"]["_episode_accuracy"], acc)
+    with pytest.raises(ValueError, match="query_views='d4' classifies"):
+        domain_protocol(sets, doms, {"v": emb}, rule="prototype", query_views="d4", **kw)
+    with pytest.raises(ValueError, match="query_views='d4' classifies"):
+        domain_protocol(sets, doms, {"v": emb}, support_views="none", query_views="d4", **kw)

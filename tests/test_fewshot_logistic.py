@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from speckle_embed.fewshot import FewShotClassifier
 from speckle_embed.fewshot.classifier import ClassifierFileError
 from speckle_embed.fewshot.index import SupportIndex
-from speckle_embed.fewshot.linear import LOGISTIC_C, fit_logistic, logistic
+from speckle_embed.fewshot.linear import LOGISTIC_C, fit_logistic, logistic, logistic_distances
 from speckle_embed.fewshot.rules import get_rule, scores_to_proba
 from speckle_embed.inference.embedder import SpeckleEmbedder
 from speckle_embed.inference.views import N_D4_VIEWS, VIEW_GROUPS, detector_view, view_indices
@@ -199,3 +199,64 @@ def test_folder_saved_before_views_loads_with_its_behaviour(emb, tmp_path):
     np.testing.assert_allclose(loaded.decision_distances(q), clf.decision_distances(q))
     loaded.set_params(rule="logistic")                             # no views stored: trains on the supports
     assert loaded.predict(q).tolist() == ["ring", "ring"]
+
+
+# ----------------------------------------------------------------------------- views of the queries
+def test_view_averaged_distances_equal_the_mean_probability_oracle():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 5))
+    y = np.repeat([0, 1], 8)
+    x[y == 1] += 1.0
+    model = fit_logistic(x, y, 2)
+    q = rng.normal(size=(6, 8, 5))
+    d = logistic_distances(model, q, 2)
+    oracle = np.mean([model.predict_proba(q[:, v]) for v in range(8)], axis=0)
+    np.testing.assert_allclose(d, -np.log(oracle), rtol=1e-12)
+    np.testing.assert_allclose(logistic_distances(model, q[:, :1], 2), logistic_distances(model, q[:, 0], 2), rtol=1e-12)
+    index = SupportIndex(5)
+    index.add(x.astype(np.float32), y)
+    np.testing.assert_allclose(logistic(index, q.astype(np.float32)), d, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\(m, d\) or \(m, n_views, d\)"):
+        logistic_distances(model, q[None], 2)
+
+
+def test_query_views_classify_from_the_mean_probability_of_the_views(emb, tmp_path):
+    support = np.concatenate([rings(3, 1), stripes(3, 1)])
+    labels = ["ring"] * 3 + ["stripe"] * 3
+    queries = np.concatenate([rings(3, 2), stripes(3, 2)])
+    plain = FewShotClassifier(emb).fit(support, labels)
+    clf = FewShotClassifier(emb, query_views="d4").fit(support, labels)
+    assert "query_views='d4'" in repr(clf) and "query_views" not in repr(plain)
+    oracle = LogisticRegression(C=LOGISTIC_C, max_iter=1000).fit(
+        clf.support_view_embeddings_.reshape(48, 32).astype(np.float64), np.repeat([0, 1], 24))
+    mean_p = np.mean([oracle.predict_proba(emb.embed(queries, view=v).astype(np.float64)) for v in range(8)], axis=0)
+    np.testing.assert_allclose(clf.predict_proba(queries), mean_p, atol=1e-8)
+    assert clf.predict(queries).tolist() == ["ring"] * 3 + ["stripe"] * 3
+    res = clf.classify(queries)
+    np.testing.assert_allclose(res.proba, mean_p, atol=1e-8)
+    assert res.empty.shape == (6,) and not res.empty.any()
+    assert not np.allclose(plain.predict_proba(queries), mean_p)   # the views change the answer
+    np.testing.assert_allclose(clf.transform(queries), plain.transform(queries))  # embeddings: view 0
+    clf.save(tmp_path / "clf")
+    loaded = FewShotClassifier.load(tmp_path / "clf", embedder=emb)
+    assert loaded.query_views == "d4"
+    np.testing.assert_allclose(loaded.predict_proba(queries), mean_p, atol=1e-8)
+    with pytest.raises(ValueError, match="needs rule='logistic'"):
+        FewShotClassifier(emb, rule="prototype", query_views="d4").fit(support, labels)
+    with pytest.raises(ValueError, match="support_views must be one of"):
+        FewShotClassifier(emb, query_views="all").fit(support, labels)
+
+
+def test_episode_distances_with_query_views():
+    from speckle_embed.fewshot.episodes import Episode, episode_distances
+    rng = np.random.default_rng(5)
+    views = rng.normal(size=(10, 8, 4)).astype(np.float32)
+    views[5:] += 0.8
+    z = np.ascontiguousarray(views[:, 0])
+    ep = Episode(support_idx=np.array([0, 1, 5, 6]), support_labels=np.array([0, 0, 1, 1]),
+                 query_idx=np.array([2, 3, 7, 8]), query_labels=np.array([0, 0, 1, 1]), structure=0, classes=(1, 2))
+    d = episode_distances(z, ep, "logistic", support_views=views, query_views=True)
+    model = fit_logistic(views[ep.support_idx].reshape(-1, 4), np.repeat(ep.support_labels, 8), 2)
+    np.testing.assert_allclose(d, logistic_distances(model, views[ep.query_idx], 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="query_views=True needs"):
+        episode_distances(z, ep, "prototype", support_views=views, query_views=True)

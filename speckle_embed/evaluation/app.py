@@ -295,7 +295,8 @@ def _domains(cfg: Mapping, emb, report: Report, numbers: dict, out: Path, seed: 
         n_tasks=int(cfg.get("n_tasks", 100)), seed=seed, rule=cfg["rule"], classes=cfg.get("classes") or [1, 2, 3],
         baselines=bool(cfg.get("baselines", True)), adapt=cfg.get("adapt") or (), finetune=cfg.get("finetune"),
         reference=ref, reference_sets=ref_sets, embed_kwargs=_embed_kwargs(cfg.get("embed") or {}), progress=progress,
-        support_views=str(cfg.get("support_views", "d4")), domain_indices=[position[d.name] for d in kept],
+        support_views=str(cfg.get("support_views", "d4")), query_views=str(cfg.get("query_views", "none")),
+        domain_indices=[position[d.name] for d in kept],
         reference_index=len(position))
     info = {m: {"checkpoint": specs[m], "checkpoint_hash": getattr(e, "checkpoint_hash", None)}
             for m, e in embedders.items()}
@@ -342,7 +343,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Path]:
                 seed, progress, base_dir)
     if (cfg.get("domains") or {}).get("enabled", False):
         _domains({**cfg["domains"], "rule": cfg.get("rule", "logistic"), "checkpoint": cfg["checkpoint"],
-                  "support_views": cfg.get("support_views", "d4"),
+                  "support_views": cfg.get("support_views", "d4"), "query_views": cfg.get("query_views", "none"),
                   "baselines": cfg.get("baselines", True)}, emb, report, numbers, out, seed, progress, base_dir,
                  cfg.get("device", "cpu"), _flag(cfg.get("trust_checkpoint", False), "trust_checkpoint"))
     if not numbers.keys() - {"config"}:

@@ -370,11 +370,12 @@ def score_methods(methods: Mapping[str, Callable[[Episode], np.ndarray]], episod
     return out
 
 
-def _rule_predict(z: np.ndarray, rule, views: np.ndarray | None = None) -> Callable[[Episode], np.ndarray]:
+def _rule_predict(z: np.ndarray, rule, views: np.ndarray | None = None,
+                  query_views: bool = False) -> Callable[[Episode], np.ndarray]:
     z = np.ascontiguousarray(z, dtype=np.float32)
 
     def predict(ep: Episode) -> np.ndarray:
-        return episode_distances(z, ep, rule, support_views=views).argmin(axis=1)
+        return episode_distances(z, ep, rule, support_views=views, query_views=query_views).argmin(axis=1)
     return predict
 
 
@@ -399,12 +400,14 @@ def _batchnorm_embeddings(emb, sets: Sequence[LabelledSet], labels: np.ndarray, 
 
 
 def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapping, options: Mapping, seed: int,
-                      log: list, support_views: str = "none") -> Callable[[Episode], np.ndarray]:
+                      log: list, support_views: str = "none",
+                      query_views: str = "none") -> Callable[[Episode], np.ndarray]:
     """Per episode: a copy of ``emb`` fine-tuned on the episode's supports within the budget
     (:func:`~speckle_embed.adaptation.finetune_on_supports`), then the rule on its embeddings of the
     supports and queries. The beam centre is resolved once per file (``embed_kwargs["center"]``,
     ``"auto"`` on the whole file); each fine-tuning's log (steps, seconds) is appended to ``log``. With
-    ``rule="logistic"`` the tuned embeddings of the supports' views train it (``support_views``)."""
+    ``rule="logistic"`` the tuned embeddings of the supports' views train it (``support_views``) and,
+    with ``query_views="d4"``, each query is classified from all its views."""
     offsets = np.cumsum([0] + [len(s) for s in sets])
     centers: dict[int, Any] = {}
 
@@ -419,7 +422,8 @@ def _finetune_predict(emb, sets: Sequence[LabelledSet], rule, embed_kwargs: Mapp
         log.append(info)
         zs, vs = _embed(tuned, [LabelledSet("supports", support, ep.support_labels, mask=s.mask)], kw, rule,
                         support_views)
-        zq = np.ascontiguousarray(tuned.embed(query, s.mask, **kw), dtype=np.float32)
+        zq = (embed_views(tuned, query, s.mask, group=query_views, **kw) if query_views != "none"
+              else np.ascontiguousarray(tuned.embed(query, s.mask, **kw), dtype=np.float32))
         return support_distances(zs, ep.support_labels, zq, ep.n_way, rule, views=vs).argmin(axis=1)
     return predict
 
@@ -466,7 +470,7 @@ def _progress(on: bool, text: str) -> None:
 
 def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, embedders: Mapping[str, Any], *,
                      k_shots, n_query, n_tasks, seed, rule, classes, baselines, adapt, finetune, extra_methods,
-                     embed_kwargs, level, progress, support_views) -> dict:
+                     embed_kwargs, level, progress, support_views, query_views="none") -> dict:
     labels, file_index = binary_labels(sets, classes)
     methods: dict[str, Callable] = {}
     kinds: dict[str, str] = {}
@@ -474,7 +478,8 @@ def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, em
     for label, emb in embedders.items():
         _progress(progress, f"{domain.name}: embedding {sum(len(s) for s in sets)} frames with {label}")
         z, views = _embed(emb, sets, embed_kwargs, rule, support_views)
-        methods[label], kinds[label] = _rule_predict(z, rule, views), "embedding"
+        qv = query_views != "none"
+        methods[label], kinds[label] = _rule_predict(z, rule, views, qv), "embedding"
         zb = vb = None
         for a in adapt:
             row = f"{label} + {a.replace('+', ' + ')}"
@@ -483,7 +488,7 @@ def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, em
             if a == "prototypes":
                 methods[row] = _prototype_predict(z, labels, file_index)
             elif a == "batchnorm":
-                methods[row] = _rule_predict(zb, rule, vb)
+                methods[row] = _rule_predict(zb, rule, vb, qv)
             elif a == "batchnorm+prototypes":
                 methods[row] = _prototype_predict(zb, labels, file_index)
             else:  # finetune
@@ -491,7 +496,7 @@ def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, em
                                     f"(up to {finetune['budget_s']} s each)")
                 finetune_logs[row] = []
                 methods[row] = _finetune_predict(emb, sets, rule, embed_kwargs, finetune, seed, finetune_logs[row],
-                                                 support_views)
+                                                 support_views, query_views)
             kinds[row] = "adapted"
     if baselines:
         feats = baseline_features(sets, baselines=baselines if isinstance(baselines, Mapping) else None)
@@ -527,7 +532,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
                     extra_methods: Mapping[str, Callable] | None = None, reference: Domain | None = None,
                     reference_sets: Sequence[LabelledSet] | None = None, embed_kwargs: Mapping | None = None,
                     level: float = 0.95, progress: bool = True, support_views: str = "d4",
-                    domain_indices: Sequence[int] | None = None, reference_index: int | None = None) -> dict:
+                    query_views: str = "none", domain_indices: Sequence[int] | None = None, reference_index: int | None = None) -> dict:
     """Run the leave-one-domain-out protocol.
 
     Parameters
@@ -575,6 +580,11 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     support_views : {"d4", "none"}, default "d4"
         Symmetry views of the supports that train ``rule="logistic"`` (as the classifier's
         option of that name; every frame is then embedded in all 8 views, 8 times the cost).
+    query_views : {"none", "d4"}, default "none"
+        ``"d4"``: each query is classified from the logistic rule's probabilities averaged over
+        its views (as ``FewShotClassifier(query_views="d4")``); needs ``rule="logistic"`` and the
+        same ``support_views``. Applies to the embedding rows and their ``batchnorm`` and
+        ``finetune`` rows (the ``prototypes`` rows classify by distance, without views).
     domain_indices : sequence of int, optional
         The index that seeds each domain's episodes (default its position in ``domains``). The app
         passes each domain's position in the declared list, so that leaving domains out
@@ -602,10 +612,15 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     if missing:
         raise ValueError(f"no sets given for domains {missing}")
     view_indices(support_views)  # an unknown view group fails before any work
+    view_indices(query_views)
+    if query_views != "none" and (support_views != query_views or rule is None or get_rule(rule) is not logistic):
+        raise ValueError(f"query_views={query_views!r} classifies each query from its views with the logistic "
+                         f"rule trained on the same views: it needs rule='logistic' and support_views="
+                         f"{query_views!r} (got rule={rule!r}, support_views={support_views!r})")
     kw = {"k_shots": [int(k) for k in k_shots], "n_query": int(n_query), "n_tasks": int(n_tasks),
           "seed": int(seed), "rule": rule, "classes": tuple(classes), "baselines": baselines, "adapt": adapt,
           "finetune": finetune, "extra_methods": extra_methods, "embed_kwargs": dict(embed_kwargs or {}), "level": level,
-          "progress": progress, "support_views": support_views}
+          "progress": progress, "support_views": support_views, "query_views": query_views}
     indices = list(range(len(domains))) if domain_indices is None else [int(i) for i in domain_indices]
     if len(indices) != len(domains):
         raise ValueError(f"domain_indices: {len(indices)} indices for {len(domains)} domains")
@@ -624,7 +639,7 @@ def domain_protocol(sets: Mapping[str, Sequence[LabelledSet]], domains: Sequence
     names = list(rows[0]["kinds"]) if rows else []
     return {"settings": {"k_shots": kw["k_shots"], "n_query": kw["n_query"], "n_tasks": kw["n_tasks"],
                          "seed": kw["seed"], "rule": rule if isinstance(rule, str) else getattr(rule, "__name__", "custom"),
-                         "support_views": support_views,
+                         "support_views": support_views, "query_views": query_views,
                          "classes": list(classes), "adapt": list(adapt), "level": level,
                          **({"finetune": finetune} if "finetune" in adapt else {}),
                          "interval": "percentile bootstrap over episodes (scipy.stats.bootstrap, 2000 resamples)"},
@@ -667,7 +682,8 @@ def add_domain_section(report, result: Mapping, out_dir, *, embeddings: Mapping[
         f"2-way single vs not single ({', '.join(map(str, st['classes'][1:]))} = not single), K supports per "
         f"class, {st['n_tasks']} episodes per domain and K with up to {st['n_query']} label-balanced queries "
         f"per class, supports and queries from one file of the domain, rule {st['rule']}"
-        f"{' (trained on the D4 symmetry views of the supports)' if st['rule'] == 'logistic' and st.get('support_views', 'none') != 'none' else ''}, seed {st['seed']}; "
+        f"{' (trained on the D4 symmetry views of the supports)' if st['rule'] == 'logistic' and st.get('support_views', 'none') != 'none' else ''}"
+        f"{'; each query classified from the mean probability of its D4 views' if st.get('query_views', 'none') != 'none' else ''}, seed {st['seed']}; "
         "every method is scored on the same episodes. Cells: mean over episodes "
         f"[{round(100 * st['level'])} % {st['interval']}]. Gap = in-domain reference minus the domain "
         "(accuracy, same method). The validation domain chose the checkpoint: its row is not a result. "

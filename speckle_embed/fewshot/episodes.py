@@ -205,7 +205,8 @@ def evaluate_episodes(embeddings, episodes: Sequence[Episode], rule: Any = "mean
 
 
 def episode_distances(embeddings: np.ndarray, ep: Episode, rule: Any = "mean_distance", *,
-                      support_views: np.ndarray | None = None, **rule_kwargs: Any) -> np.ndarray:
+                      support_views: np.ndarray | None = None, query_views: bool = False,
+                      **rule_kwargs: Any) -> np.ndarray:
     """The rule's per-class distances ``(n_query, n_way)`` of one episode's queries.
 
     Parameters
@@ -218,19 +219,31 @@ def episode_distances(embeddings: np.ndarray, ep: Episode, rule: Any = "mean_dis
         Embeddings of the symmetry views of every frame
         (:func:`speckle_embed.inference.views.embed_views`): with ``rule="logistic"`` the
         supports' views train the regression, as in ``FewShotClassifier(support_views="d4")``.
+    query_views : bool, default False
+        With ``rule="logistic"``, classify each query by its probabilities averaged over its views
+        in ``support_views`` (as ``FewShotClassifier(query_views="d4")``).
     **rule_kwargs
         Passed to the rule.
     """
     views = None if support_views is None else support_views[ep.support_idx]
-    return support_distances(embeddings[ep.support_idx], ep.support_labels, embeddings[ep.query_idx], ep.n_way,
+    if query_views:
+        if support_views is None or get_rule(rule) is not logistic:
+            raise ValueError("query_views=True needs rule='logistic' and the views (support_views=)")
+        queries = support_views[ep.query_idx]
+    else:
+        queries = embeddings[ep.query_idx]
+    return support_distances(embeddings[ep.support_idx], ep.support_labels, queries, ep.n_way,
                              rule, views=views, **rule_kwargs)
 
 
 def support_distances(support: np.ndarray, support_labels: np.ndarray, queries: np.ndarray, n_way: int,
                       rule: Any = "mean_distance", *, views: np.ndarray | None = None, **rule_kwargs: Any) -> np.ndarray:
     """The rule's distances ``(m, n_way)`` of ``queries`` (m, d) to ``support`` (k, d) with labels
-    ``0 .. n_way-1``; ``views`` (k, n_views, d), if given, train ``rule="logistic"``."""
+    ``0 .. n_way-1``; ``views`` (k, n_views, d), if given, train ``rule="logistic"``, whose
+    ``queries`` may also be ``(m, n_views, d)`` (probabilities averaged over each query's views)."""
     fn = get_rule(rule)
+    if np.ndim(queries) == 3 and fn is not logistic:
+        raise ValueError("queries of shape (m, n_views, d) need rule='logistic'")
     index = SupportIndex(support.shape[1], use_gpu=False)
     index.add(support, support_labels)
     if fn is logistic and views is not None:

@@ -97,10 +97,22 @@ def view_rows(views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def logistic_distances(model, queries: Any, n_classes: int) -> np.ndarray:
-    """``-log p(class | query)`` of a :func:`fit_logistic` model, shape ``(m, n_classes)`` float64."""
+    """``-log p(class | query)`` of a :func:`fit_logistic` model, shape ``(m, n_classes)`` float64.
+
+    ``queries`` is ``(m, d)``, or ``(m, n_views, d)``: the symmetry views of each query
+    (``FewShotClassifier(query_views="d4")``), whose probabilities are averaged before the log
+    (test-time augmentation: one answer per frame, from all its views).
+    """
     q = np.asarray(queries, dtype=np.float64)
+    if q.ndim not in (2, 3):
+        raise ValueError(f"queries must have shape (m, d) or (m, n_views, d); got shape {q.shape}")
     if isinstance(model, (int, np.integer)):  # one class
         return np.zeros((q.shape[0], n_classes), dtype=np.float64)
+    if q.ndim == 3:
+        m, v, d = q.shape
+        p = model.predict_proba(q.reshape(m * v, d)).reshape(m, v, -1).mean(axis=1)
+        with np.errstate(divide="ignore"):
+            return -np.log(p)
     with np.errstate(divide="ignore"):
         return -model.predict_log_proba(q)
 
@@ -113,7 +125,9 @@ def logistic(index: SupportIndex, queries: Any, *, n_classes: int | None = None,
     ----------
     index : SupportIndex
         Supports; their embeddings and labels train the model unless ``training`` is given.
-    queries : array-like, shape (m, d)
+    queries : array-like, shape (m, d) or (m, n_views, d)
+        Query embeddings, or every symmetry view of each query (probabilities averaged over
+        the views, :func:`logistic_distances`).
     n_classes : int, optional
         Default: one more than the largest support label.
     C : float, default :data:`LOGISTIC_C`
@@ -127,7 +141,11 @@ def logistic(index: SupportIndex, queries: Any, *, n_classes: int | None = None,
     """
     if index.ntotal == 0:
         raise ValueError("the support index is empty")
-    q = _check_matrix(queries, index.dim, "queries")
+    q = np.asarray(queries)
+    if q.ndim == 3:  # (m, n_views, d): every view checked as a row
+        q = _check_matrix(q.reshape(-1, q.shape[-1]), index.dim, "queries").reshape(q.shape)
+    else:
+        q = _check_matrix(queries, index.dim, "queries")
     n = int(index.labels_.max()) + 1 if n_classes is None else int(n_classes)
     x, y = (index.get_embeddings(), index.labels_) if training is None else training
     return logistic_distances(fit_logistic(x, y, n, C=C), q, n)

@@ -94,7 +94,7 @@ def save_classifier(clf: "FewShotClassifier", directory: str | os.PathLike) -> P
                        "reject_quantile": clf.reject_quantile, "unknown_label": clf.unknown_label,
                        "scale": clf.scale, "center": None if clf.center is None else
                        (clf.center if isinstance(clf.center, str) else [float(c) for c in clf.center]),
-                       "support_views": clf.support_views},
+                       "support_views": clf.support_views, "query_views": clf.query_views},
             "label_kind": clf._label_kind_,
             "classes": clf.classes_.tolist(),
             "n_supports": clf.n_supports_.tolist(),
@@ -187,6 +187,7 @@ def load_classifier(cls: type["FewShotClassifier"], directory: str | os.PathLike
 
     names_init = set(cls._get_param_names()) - {"embedder"}  # the parameters of __init__ (scikit-learn)
     params.setdefault("support_views", "none")  # saved before the option existed: no views were kept
+    params.setdefault("query_views", "none")    # saved before the option existed
     clf = cls(embedder, **{k: v for k, v in params.items() if k in names_init}, use_gpu=use_gpu)
     if isinstance(clf.center, list):
         clf.center = tuple(clf.center)
