@@ -93,6 +93,7 @@ def test_classifier_adapt_prototypes_saves_and_loads(tmp_path):
     assert clf.adaptation_.prototypes.shape == (2, 128) and clf.adaptation_.embedder is not None
     ref = clf.decision_distances(U)
     np.testing.assert_allclose(ref, prototype_distances(clf.adaptation_.embedder.embed(U), clf.adaptation_.prototypes))
+    np.testing.assert_allclose(clf.classify(U).distances, ref)   # classify() embeds with the adapted copy too
     loaded = FewShotClassifier.load(clf.save(tmp_path / "clf"))
     np.testing.assert_allclose(loaded.decision_distances(U), ref, atol=1e-5)
     assert loaded.adapt == ["batchnorm", "prototypes"]
