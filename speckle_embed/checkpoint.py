@@ -50,7 +50,7 @@ PRETRAINED_FORMAT = "speckle_embed-pretrained-1"
 #: Folder of the shipped weights (package data).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Name of the default shipped embedding.
-DEFAULT_PRETRAINED = "specklenn-realistic-v10"
+DEFAULT_PRETRAINED = "specklenn-realistic-v12"
 #: Inputs per int8 quantisation group of the shipped form (one float32 scale each).
 GROUP_SIZE = 128
 #: Weight matrices smaller than this stay float32 in the shipped form.
