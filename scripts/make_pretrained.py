@@ -6,13 +6,16 @@
 3. checks the shipped embedding against the float32 checkpoint on held-out frames: embedding
    difference and 2-way 5-shot accuracy of both.
 
-Usage (the shipped default ``specklenn-realistic-v10``; its reference speckle size is measured on
-the paper-geometry procedural frames only, since spheres show no speckle)::
+Usage (the shipped default ``specklenn-realistic-v12``, trained at crop 58 and shipped at crop 48,
+i.e. input scale 0.5, the scale chosen on the validation domains; its reference speckle size is
+measured on the paper-geometry procedural frames only, since spheres show no speckle)::
 
-    python scripts/make_pretrained.py --checkpoint outputs/train/pretrain_realistic_v10/best.pt \\
-        --name specklenn-realistic-v10 --calibration data/offline/procedural \\
-        --check data/heldout/pr772_online
+    python scripts/make_pretrained.py --checkpoint outputs/train/pretrain_realistic_v12/best.pt \
+        --name specklenn-realistic-v12 --calibration data/offline/procedural \
+        --check data/heldout/pr772_online --crop 48
 
+(``specklenn-realistic-v10``, now in ``weights/``: ``pretrain_realistic_v10``, no ``--crop``,
+``--out weights/specklenn-realistic-v10.pt``.)
 (``specklenn-realistic-v9`` / ``-v6``, now in ``weights/``: the same with ``pretrain_realistic_v9`` /
 ``_v6`` and ``--out weights/specklenn-realistic-v9.pt`` / ``-v6.pt``.)
 
