@@ -475,10 +475,10 @@ def _evaluate_domain(domain: Domain, sets: Sequence[LabelledSet], index: int, em
     methods: dict[str, Callable] = {}
     kinds: dict[str, str] = {}
     finetune_logs: dict[str, list] = {}
+    qv = query_views != "none"
     for label, emb in embedders.items():
         _progress(progress, f"{domain.name}: embedding {sum(len(s) for s in sets)} frames with {label}")
         z, views = _embed(emb, sets, embed_kwargs, rule, support_views)
-        qv = query_views != "none"
         methods[label], kinds[label] = _rule_predict(z, rule, views, qv), "embedding"
         zb = vb = None
         for a in adapt:

@@ -251,14 +251,10 @@ class FewShotClassifier(FrameClassifier):
     def _embed_queries(self, frames, mask, return_empty: bool = False):
         """Query embeddings ``(m, d)``, or ``(m, n_views, d)`` with ``query_views`` (view 0 = the
         frame); with ``return_empty`` also the empty flags of the frames (view 0)."""
-        emb = self._embedder_in_use()
-        kw = {"scale": self.scale, "center": self.center}
-        out = emb.embed(frames, mask, **kw, return_empty=True) if return_empty else (emb.embed(frames, mask, **kw), None)
-        z, empty = out
-        if self.query_views != "none":
-            others = [emb.embed(frames, mask, **kw, view=v) for v in view_indices(self.query_views)[1:]]
-            z = np.stack([np.asarray(x, dtype=np.float32) for x in (z, *others)], axis=1)
-        return (z, empty) if return_empty else z
+        emb, kw = self._embedder_in_use(), {"scale": self.scale, "center": self.center}
+        if self.query_views == "none":
+            return emb.embed(frames, mask, **kw, return_empty=return_empty)
+        return embed_views(emb, frames, mask, group=self.query_views, return_empty=return_empty, **kw)
 
     def _embed_supports(self, frames, mask) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of support frames ``(n, d)`` and of all their views ``(n, n_views, d)``."""

@@ -73,7 +73,8 @@ def detector_view(inputs: torch.Tensor, k: int) -> torch.Tensor:
     return out.flip(-1) if k >= 4 else out
 
 
-def embed_views(embedder, frames, mask=None, *, group: str = "d4", **embed_kwargs) -> np.ndarray:
+def embed_views(embedder, frames, mask=None, *, group: str = "d4", return_empty: bool = False,
+                **embed_kwargs):
     """Embeddings of every view of ``group`` of every frame.
 
     Parameters
@@ -82,6 +83,9 @@ def embed_views(embedder, frames, mask=None, *, group: str = "d4", **embed_kwarg
     frames, mask
         As :meth:`SpeckleEmbedder.embed`.
     group : {"d4", "none"}, default "d4"
+    return_empty : bool, default False
+        Also return the empty-frame flags of :meth:`SpeckleEmbedder.embed` (taken from view 0:
+        a view of a flat input is flat).
     **embed_kwargs
         Passed to :meth:`SpeckleEmbedder.embed` (``center``, ``scale``, ``batch_size``...).
 
@@ -89,7 +93,12 @@ def embed_views(embedder, frames, mask=None, *, group: str = "d4", **embed_kwarg
     -------
     ndarray of float32, shape (N, n_views, d)
         ``[:, v]`` = ``embedder.embed(frames, mask, view=v)``; view 0 first.
+    empty : ndarray of bool, shape (N,)
+        Only with ``return_empty=True``.
     """
-    views = [embedder.embed(frames, mask, **embed_kwargs, **({"view": v} if v else {}))
-             for v in view_indices(group)]
-    return np.stack([np.asarray(z, dtype=np.float32) for z in views], axis=1)
+    indices = view_indices(group)
+    first = embedder.embed(frames, mask, **embed_kwargs, **({"return_empty": True} if return_empty else {}))
+    first, empty = first if return_empty else (first, None)
+    views = [first] + [embedder.embed(frames, mask, **embed_kwargs, view=v) for v in indices[1:]]
+    stacked = np.stack([np.asarray(z, dtype=np.float32) for z in views], axis=1)
+    return (stacked, empty) if return_empty else stacked
